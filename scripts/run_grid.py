@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     print(f"\n{len(todo)} run(s) to make at preset {args.preset!r}, seeds {args.seeds}:")
     for name, experiment, cfg in todo:
         note = "  [trained by its notebook: on_update hook]" if needs_notebook(cfg) else ""
-        print(f"  {experiment}/{E.run_id(cfg)}  ({describe(cfg)}){note}")
+        print(f"  {experiment}/{E.run_id(cfg)}  {describe(cfg)}{note}")
     if args.dry_run:
         return 0
 
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     for i, (name, experiment, cfg) in enumerate(todo, 1):
         if needs_notebook(cfg):
             continue
-        print(f"\n[{i}/{len(todo)}] {experiment}/{E.run_id(cfg)}  ({describe(cfg)})", flush=True)
+        print(f"\n[{i}/{len(todo)}] {experiment}/{E.run_id(cfg)}  {describe(cfg)}", flush=True)
         try:
             train(experiment, cfg)
         except Exception as e:  # keep going: one broken run must not stop a GPU session

@@ -122,7 +122,9 @@ class BayesLayer(nn.Module):
             return self._op(x, w, self.bias)
         mean = self._op(x, w_mu, self.bias)
         var = self._op(x * x, var_w, None)
-        return mean + torch.sqrt(var + LRT_EPS) * torch.randn_like(mean)
+        # the square root and the noise in fp32 even under bf16 autocast (identical in fp32)
+        return (mean.float() + torch.sqrt(var.float() + LRT_EPS)
+                * torch.randn_like(mean, dtype=torch.float32)).to(mean.dtype)
 
     def extra_repr(self) -> str:
         kind = "deterministic" if self.deterministic else f"prior_sigma={self.prior_sigma}"

@@ -151,8 +151,9 @@ def resolve_datasets(dataset=None, preset: str | None = None, data_dir=None,
         out = []
         for name in names:
             if name != names[0] and not dataset_available(name, data_dir):
-                log(f"skipping {name}: no files under the data directory "
-                    f"({data_root(data_dir)}); put the official archive there to run it")
+                if log is not None:
+                    log(f"skipping {name}: no files under the data directory "
+                        f"({data_root(data_dir)}); put the official archive there to run it")
                 continue
             out.append(name)
         return tuple(out)
@@ -172,9 +173,11 @@ class Run:
 
     @property
     def run_id(self) -> str:
+        """:func:`ssvi.experiments.run_id` of the configuration (the results file's name)."""
         return E.run_id(self.cfg)
 
     def describe(self) -> str:
+        """'experiment/run-id  (dataset, method, density, seed, non-default settings)'."""
         c = self.cfg
         bits = [c.dataset, c.method, f"density {c.density:g}", f"seed {c.seed}"]
         if c.method == "ssvi":
@@ -265,7 +268,7 @@ _PLANS = {"table1": _plan_table1, "table2": _plan_table2, "figure1": _plan_table
 
 
 def checkpoint_dir(run: Run, runs_dir: str | None = None) -> str:
-    """Where :func:`execute` keeps a run's checkpoint (``<repository>/runs/<experiment>/<run id>``)."""
+    """Where :func:`execute` keeps a run's checkpoint: ``<repository>/runs/<experiment>/<run id>``."""
     return os.path.join(runs_dir or str(repo_dir() / "runs"), run.experiment, run.run_id)
 
 
@@ -378,23 +381,24 @@ def _count(n: int) -> str:
 
 def scale_label(record, n_seeds: int | None = None, devices: Iterable[str] | None = None) -> str:
     """One line naming data, scale, seeds and device of a result (or of a group of seeds), e.g.
-    'CIFAR-10 (JPEG-75 copy), small_cnn ×0.5, 8 epochs, 10k train / 2k test images, 1 seed, CPU'.
+    'CIFAR-10 (JPEG-75 copy), small_cnn ×0.5, 8 epochs, 10k train / 2k test images, 1 seed,
+    CPU, preset cpu'. ``devices`` defaults to the record's own device.
     """
     cfg = record["config"]
     data = record.get("data") or {}
-    model = cfg["model"] + (f" ×{cfg['width']:g}" if cfg["width"] != 1 else "")
-    n_train = data.get("n_train")
-    n_test = data.get("n_test")
+    return _setting(dataset_label(record), cfg["model"], cfg["width"], cfg["epochs"],
+                    data.get("n_train"), data.get("n_test"), 1 if n_seeds is None else n_seeds,
+                    [device_label(record)] if devices is None else devices,
+                    (cfg.get("extra") or {}).get("preset"))
+
+
+def _setting(data, model, width, epochs, n_train, n_test, n_seeds, devices, preset) -> str:
     images = (f"{_count(n_train)} train / {_count(n_test)} test images"
               if n_train is not None and n_test is not None else "")
-    n = 1 if n_seeds is None else n_seeds
-    devs = sorted(set(devices)) if devices is not None else [device_label(record)]
-    epochs = f"{cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}"
-    parts = [dataset_label(record), model, epochs, images,
-             f"{n} seed{'s' if n != 1 else ''}", " + ".join(devs)]
-    preset = (cfg.get("extra") or {}).get("preset")
-    if preset:
-        parts.append(f"preset {preset}")
+    parts = [data, model + (f" ×{width:g}" if width != 1 else ""),
+             f"{epochs} epoch{'s' if epochs != 1 else ''}", images,
+             f"{n_seeds} seed{'s' if n_seeds != 1 else ''}", " + ".join(sorted(set(devices))),
+             f"preset {preset}" if isinstance(preset, str) else ""]
     return ", ".join(p for p in parts if p)
 
 
@@ -530,22 +534,15 @@ def aggregate_seeds(df, by: Sequence[str] = ("config_key",), metrics: Sequence[s
         row["seeds"] = ",".join(str(s) for s in sorted(g["seed"]))
         devices = sorted(set(g["device"]))
         row["devices"] = " + ".join(devices)
-        row["setting"] = _relabel(first["setting"], len(g), devices)
+        row["setting"] = _setting(first["data"], first["model"], first["width"],
+                                  first["epochs"], _int(first["n_train"]), _int(first["n_test"]),
+                                  len(g), devices, first["preset"])
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _relabel(setting: str, n: int, devices: list[str]) -> str:
-    parts = setting.split(", ")
-    out = []
-    for p in parts:
-        if p.endswith(" seed") or p.endswith(" seeds"):
-            p = f"{n} seed{'s' if n != 1 else ''}"
-        out.append(p)
-    # the device is the part before "preset ..." (or the last part)
-    idx = len(out) - 2 if out[-1].startswith("preset ") else len(out) - 1
-    out[idx] = " + ".join(devices)
-    return ", ".join(out)
+def _int(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else int(x)
 
 
 def fmt_mean_std(mean, std=None, digits: int = 3, sci: bool = False) -> str:
@@ -648,8 +645,9 @@ def paper_vs_ours(table: str, ours, columns: Sequence[str] | None = None,
             rows.append(prow.to_dict())
             # ours right after the paper's row of the same method and sparsity
             for i, (_, orow) in enumerate(o.iterrows()):
-                if (not placed[i] and orow.get("method") == prow.get("method")
-                        and abs(orow.get("sparsity_pct", -1) - prow.get("sparsity_pct", -2)) < 1e-6):
+                same = (orow.get("method") == prow.get("method") and abs(
+                    orow.get("sparsity_pct", -1) - prow.get("sparsity_pct", -2)) < 1e-6)
+                if not placed[i] and same:
                     rows.append(orow.to_dict())
                     placed[i] = True
         rows += [orow.to_dict() for i, (_, orow) in enumerate(o.iterrows()) if not placed[i]]

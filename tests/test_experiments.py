@@ -143,7 +143,7 @@ def test_paper_numbers_complete_and_consistent():
 
 
 def _record(seed, acc, device="cpu", width=0.5):
-    cfg = E.preset_config("cpu", seed=seed, width=width).to_dict()
+    cfg = E.preset_config("cpu", seed=seed, width=width, epochs=8).to_dict()
     return {"config": cfg, "metrics": {"accuracy": acc, "nll": 1.0 + acc},
             "data": {"name": "cifar10", "n_train": 10000, "n_test": 2000},
             "parameters": {"active_weights": 10, "total_weights": 100, "density": 0.1},

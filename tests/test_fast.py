@@ -58,16 +58,22 @@ def _batches(n_steps, batch, shape, seed=0):
             for _ in range(n_steps)]
 
 
-def _assert_same_model(ref, other, rtol=1e-4, atol=1e-6):
+def _close(a, b, what, rtol):
+    """Norm-wise relative error: kernels that sum in another order (compiled, channels_last)
+    differ by float rounding relative to the tensor's scale, not to each (maybe tiny) entry."""
+    err = ((a.double() - b.double()).norm() / a.double().norm().clamp_min(1e-30)).item()
+    assert err <= rtol, f"{what}: relative L2 difference {err:.2e} > {rtol:.0e}"
+
+
+def _assert_same_model(ref, other, rtol=1e-4):
     for (name, a), (_, b) in zip(bayes_layers(ref), bayes_layers(other)):
         assert torch.equal(a.mask, b.mask), f"masks differ in {name}"
-        torch.testing.assert_close(a.mu, b.mu, rtol=rtol, atol=atol, msg=f"mu differs in {name}")
+        _close(a.mu, b.mu, f"mu of {name}", rtol)
         if a.rho is not None:
-            torch.testing.assert_close(a.rho, b.rho, rtol=rtol, atol=atol,
-                                       msg=f"rho differs in {name}")
+            _close(a.rho, b.rho, f"rho of {name}", rtol)
     for (name, a), (_, b) in zip(ref.named_buffers(), other.named_buffers()):
         if a.is_floating_point():
-            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=f"buffer {name} differs")
+            _close(a, b, f"buffer {name}", rtol)
 
 
 def test_compiled_step_equals_reference_and_never_recompiles():
@@ -241,3 +247,23 @@ def test_resolve_options_defaults_and_errors():
         fast.resolve_options(torch.device("cpu"), compile=True, compile_mode="turbo")
     with pytest.raises(ValueError, match="amp_dtype"):
         fast.resolve_options(torch.device("cpu"), amp_dtype=torch.int8)
+
+
+def test_bench_train_quick_prints_table_and_writes_json(tmp_path):
+    """The benchmark script's CPU smoke mode runs end to end (numbers are meaningless on CPU)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_train.py"
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--methods", "ssvi", "dense",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "s/epoch train" in proc.stdout and "EXTRAPOLATED" in proc.stdout
+    assert "ratio SSVI / deterministic, fast b8" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["quick"] and len(res["rows"]) == 4
+    assert all("error" not in r and r["s_per_epoch_incl_eval"] > r["s_per_epoch_train"] > 0
+               and r["loss_finite"] for r in res["rows"])
+    assert res["provenance"]["device"] == "cpu" and "fast b8" in res["ratios_ssvi_over_deterministic"]
