@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import bayes_layers, kl, mode
+from .layers import bayes_layers, kl
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_CUDA_COMPILE_MODE = "reduce-overhead"      # CUDA graphs; see the module docstring

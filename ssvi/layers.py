@@ -122,9 +122,10 @@ class BayesLayer(nn.Module):
             return self._op(x, w, self.bias)
         mean = self._op(x, w_mu, self.bias)
         var = self._op(x * x, var_w, None)
-        # the square root and the noise in fp32 even under bf16 autocast (identical in fp32)
-        return (mean.float() + torch.sqrt(var.float() + LRT_EPS)
-                * torch.randn_like(mean, dtype=torch.float32)).to(mean.dtype)
+        # the square root and the noise in fp32 (at least) even under bf16 autocast
+        dt = torch.promote_types(mean.dtype, torch.float32)
+        return (mean.to(dt) + torch.sqrt(var.to(dt) + LRT_EPS)
+                * torch.randn_like(mean, dtype=dt)).to(mean.dtype)
 
     def extra_repr(self) -> str:
         kind = "deterministic" if self.deterministic else f"prior_sigma={self.prior_sigma}"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ssvi.checkpoint as ckpt
-from ssvi.checkpoint import (CheckpointError, CheckpointNotFoundError, atomic_save,
+from ssvi.checkpoint import (CheckpointError, CheckpointNotFoundError,
                              atomic_write_json, atomic_write_text, load_checkpoint, load_sparse,
                              read_sparse_metadata, save_checkpoint, save_sparse)
 from ssvi.layers import bayes_layers, mode

@@ -33,15 +33,6 @@ FUNCS = {  # criterion/statistic -> f(mu, sigma, lam)
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread avoids oversubscription on a shared CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- references ---------------------------------------------------------------------------------
 def mp_reference(mu: float, sigma: float, lam: float) -> dict[str, mp.mpf]:
     """The paper's formulas (eqs. 6-8, Var = E X^2 - (E X)^2) in 50-digit arithmetic."""

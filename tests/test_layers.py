@@ -23,14 +23,6 @@ from ssvi.layers import (LRT_EPS, MODES, BayesConv2d, BayesLayer, BayesLinear, b
 Z = 5.0  # tolerance in standard errors for every Monte Carlo comparison
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine (50x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # -- helpers ----------------------------------------------------------------------------------------
 def randomise(layer: BayesLayer, seed: int, density: float = 0.6, sigma=(0.1, 0.5),

@@ -16,18 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssvi import criteria
-from ssvi.layers import BayesLayer, bayes_layers, bayesianize, inverse_softplus, mode
+from ssvi.layers import bayes_layers, bayesianize, inverse_softplus, mode
 from ssvi.models import build_model
 from ssvi.subspace import SubspaceController, allocate_densities, replacement_fraction
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # -- fixtures -----------------------------------------------------------------------------------------
