@@ -212,7 +212,7 @@ class SubspaceController:
                 with mode(self.model, fwd_mode):
                     loss = loss_fn(k)
                 if not bool(torch.isfinite(loss)):  # one sync per update, not per step
-                    raise NonFiniteLossError(f"the loss is {float(loss)} at the subspace update "
+                    raise NonFiniteLossError(f"the loss is {loss.item()} at the subspace update "
                                              f"of step {step}")
                 weights = [l.weight_for_grad for _, l in layers]
                 got = torch.autograd.grad(loss, weights, allow_unused=True)
