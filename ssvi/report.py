@@ -64,6 +64,14 @@ def repo_dir() -> Path:
     return cwd
 
 
+def preset_default(preset: str):
+    """``by_preset(value, defaults)``: ``value`` if given, else ``defaults[preset]`` (the grid
+    a notebook runs at each scale preset when its parameter is None)."""
+    def by_preset(value, defaults: dict):
+        return defaults[preset] if value is None else value
+    return by_preset
+
+
 def results_root(results_dir=None) -> str:
     """``results_dir``, else $SSVI_RESULTS, else <repository>/results."""
     return str(results_dir or os.environ.get("SSVI_RESULTS") or repo_dir() / "results")
