@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from importlib import resources
+from pathlib import Path
 
 from .config import TrainConfig
 
@@ -32,7 +33,28 @@ PRESETS: dict[str, dict] = {
     "paper": dict(),  # the TrainConfig defaults are the recipe
 }
 DEFAULT_PRESET = "cpu"
-RESULTS_DIR = os.environ.get("SSVI_RESULTS", "results")
+
+
+def repo_dir() -> Path:
+    """The checkout holding the ``ssvi`` package (where ``results/``, ``data/``, ``runs/`` live),
+    else the first folder above the working directory with a pyproject.toml, else the cwd.
+
+    Notebooks execute with their own folder as working directory, so relative paths would
+    point into ``notebooks/``; every default path is resolved against this folder.
+    """
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file():
+        return here
+    cwd = Path.cwd().resolve()
+    for p in (cwd, *cwd.parents):
+        if (p / "pyproject.toml").is_file() and (p / "ssvi").is_dir():
+            return p
+    return cwd
+
+
+def results_root(results_dir=None) -> str:
+    """``results_dir``, else $SSVI_RESULTS, else <repository>/results."""
+    return str(results_dir or os.environ.get("SSVI_RESULTS") or repo_dir() / "results")
 
 
 def resolve_preset(preset: str | None = None) -> str:
@@ -70,7 +92,7 @@ def run_id(cfg: TrainConfig) -> str:
 
 
 def result_path(experiment: str, cfg: TrainConfig, results_dir: str | None = None) -> str:
-    return os.path.join(results_dir or RESULTS_DIR, experiment, run_id(cfg) + ".json")
+    return os.path.join(results_root(results_dir), experiment, run_id(cfg) + ".json")
 
 
 def run(experiment: str, cfg: TrainConfig, *, force: bool = False,
@@ -91,7 +113,7 @@ def run(experiment: str, cfg: TrainConfig, *, force: bool = False,
 def load_results(experiment: str, results_dir: str | None = None) -> list[dict]:
     """Every stored result of ``experiment`` (runs made here and runs committed from elsewhere)."""
     out = []
-    for path in sorted(glob.glob(os.path.join(results_dir or RESULTS_DIR, experiment, "*.json"))):
+    for path in sorted(glob.glob(os.path.join(results_root(results_dir), experiment, "*.json"))):
         with open(path) as f:
             rec = json.load(f)
         rec["_path"] = path

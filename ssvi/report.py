@@ -27,6 +27,7 @@ from pathlib import Path
 
 from . import experiments as E
 from .config import DATASETS, REMOVALS, TrainConfig
+from .experiments import load_results, repo_dir, results_root  # noqa: F401 (notebooks use R.*)
 
 # ---------------------------------------------------------------------------------------------
 # 1. parameters and run plans
@@ -47,23 +48,6 @@ TABLE2_SPARSITY = {"cifar10": 0.95, "cifar100": 0.9, "synthetic": 0.95}
 EXPERIMENTS = {"table1": "table1", "table2": "table1", "figure1": "table1", "summary": "table1"}
 
 
-def repo_dir() -> Path:
-    """The checkout holding the ``ssvi`` package (where ``results/``, ``data/``, ``runs/`` live),
-    else the first folder above the working directory with a pyproject.toml, else the cwd.
-
-    Notebooks execute with their own folder as working directory, so relative paths would
-    point into ``notebooks/``; every default path here is resolved against this folder.
-    """
-    here = Path(__file__).resolve().parent.parent
-    if (here / "pyproject.toml").is_file():
-        return here
-    cwd = Path.cwd().resolve()
-    for p in (cwd, *cwd.parents):
-        if (p / "pyproject.toml").is_file() and (p / "ssvi").is_dir():
-            return p
-    return cwd
-
-
 def preset_default(preset: str):
     """``by_preset(value, defaults)``: ``value`` if given, else ``defaults[preset]`` (the grid
     a notebook runs at each scale preset when its parameter is None)."""
@@ -72,19 +56,9 @@ def preset_default(preset: str):
     return by_preset
 
 
-def results_root(results_dir=None) -> str:
-    """``results_dir``, else $SSVI_RESULTS, else <repository>/results."""
-    return str(results_dir or os.environ.get("SSVI_RESULTS") or repo_dir() / "results")
-
-
 def data_root(data_dir=None) -> str:
     """``data_dir``, else $SSVI_DATA, else <repository>/data."""
     return str(data_dir or os.environ.get("SSVI_DATA") or repo_dir() / "data")
-
-
-def load_results(experiment: str, results_dir=None) -> list[dict]:
-    """:func:`ssvi.experiments.load_results` with the default folder of :func:`results_root`."""
-    return E.load_results(experiment, results_root(results_dir))
 
 
 def resolve_density(sparsity: float | None = None, density: float | None = None,
