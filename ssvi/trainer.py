@@ -162,6 +162,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, on_update=None) -> dict:
                 "controller": controller.state_dict() if controller else None,
                 "state": state, "rng": _rng_state(device)})
 
+    last_test = None  # the full evaluation of the last epoch, reused for the results
     try:
         while state["epoch"] < cfg.epochs:
             t0 = time.perf_counter()
@@ -203,7 +204,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, on_update=None) -> dict:
                      "kl": float(kl(model).detach()) if cfg.bayesian else 0.0,
                      "epoch_time_s": time.perf_counter() - t0}
             if state["epoch"] % cfg.eval_every == 0 or state["epoch"] == cfg.epochs:
-                entry["test"] = _scalar_metrics(_evaluate(model, data.test, cfg))
+                last_test = _evaluate(model, data.test, cfg)
+                entry["test"] = _scalar_metrics(last_test)
                 if data.val is not None:
                     entry["val"] = _scalar_metrics(_evaluate(model, data.val, cfg))
             state["history"].append(entry)
@@ -215,7 +217,9 @@ def train(cfg: TrainConfig, *, resume: bool = True, on_update=None) -> dict:
                                    f"{path} (epoch {state['epoch']})" if path else ""))
         raise
 
-    return _finish(cfg, model, controller, data, state, device)
+    if last_test is None:  # resumed after the last epoch: nothing was evaluated here
+        last_test = _evaluate(model, data.test, cfg)
+    return _finish(cfg, model, controller, data, state, device, last_test)
 
 
 def _use_fast(cfg: TrainConfig, device: torch.device) -> bool:
@@ -295,8 +299,8 @@ def _log(cfg: TrainConfig, msg: str) -> None:
         print(msg, flush=True)
 
 
-def _finish(cfg, model, controller, data, state, device) -> dict:
-    final = _evaluate(model, data.test, cfg)
+def _finish(cfg, model, controller, data, state, device, final: dict) -> dict:
+    """The results dict; ``final`` is the test evaluation after the last epoch."""
     selection = "last epoch"
     selected = _scalar_metrics(final)
     scored = [e for e in state["history"] if "val" in e]

@@ -93,6 +93,8 @@ def test_results_json_holds_config_metrics_history_flops_and_provenance(tmp_path
     for key in ("accuracy", "nll", "brier", "ece", "ece_release"):
         assert math.isfinite(stored["metrics"][key])
     assert len(stored["history"]) == 3 and "test" in stored["history"][-1]
+    assert stored["metrics"] == stored["history"][-1]["test"]  # one final evaluation, not two
+    assert len(stored["reliability"]["count"]) == 15  # the 15 reliability-diagram bins
     prov = stored["provenance"]
     for key in ("commit", "device", "torch", "wall_time_s", "seed"):
         assert key in prov, key
