@@ -8,7 +8,7 @@
     python benchmarks/bench_train.py --full-run --data-dir data   # one 200-epoch SSVI 90% run
 
 Data: SYNTHETIC CIFAR-shaped uint8 images (50,000 train / 10,000 test, random pixels and labels)
-kept on the device and served by :class:`ssvi.data.GPULoader` with its on-device crop + flip, so
+kept on the device and served by :class:`ssvi.loader.Loader` with its on-device crop + flip, so
 the loader's cost is included and no disk or CPU decoding is. Timing: CUDA events around the
 timed steps (``time.perf_counter`` on CPU); warm-up steps (compilation, CUDA-graph recording,
 cuDNN autotuning) are excluded. By default ``--steps N`` steps are timed and the epoch is
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -39,9 +40,11 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout
 
 from ssvi import fast  # noqa: E402
 from ssvi.checkpoint import atomic_write_json  # noqa: E402
+from ssvi.cifar import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from ssvi.config import TrainConfig  # noqa: E402
-from ssvi.data import CIFAR10_MEAN, CIFAR10_STD, GPULoader  # noqa: E402
 from ssvi.layers import kl  # noqa: E402
+from ssvi.loader import Loader  # noqa: E402
+from ssvi.loop import train_epoch  # noqa: E402
 from ssvi.metrics import predict_probs  # noqa: E402
 from ssvi.provenance import provenance  # noqa: E402
 from ssvi.subspace import SubspaceController  # noqa: E402
@@ -114,8 +117,8 @@ def build_row(args, method, batch, path, train_xy, test_xy):
         options = "reference: eager fp32, contiguous, for-loop/foreach SGD"
     cl = path == "fast" and step_fn.options.channels_last
     common = dict(device=device, mean=CIFAR10_MEAN, std=CIFAR10_STD, channels_last=cl)
-    train = GPULoader(*train_xy, batch, shuffle=True, augment=True, seed=0, **common)
-    test = GPULoader(*test_xy, args.eval_batch, **common)
+    train = Loader(*train_xy, batch, shuffle=True, augment=True, seed=0, **common)
+    test = Loader(*test_xy, args.eval_batch, **common)
     return cfg, model, controller, step_fn, train, test, options
 
 
@@ -165,30 +168,27 @@ def measure_row(args, method, batch, path, train_xy, test_xy, barrier=None) -> d
 
     steps_per_epoch = len(train)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    if args.epochs_equivalent:
+    if args.epochs_equivalent:   # whole epochs of the trainer's loop (ssvi.loop.train_epoch)
         n_epochs = args.epochs_equivalent
+        budget = int(math.ceil(n_epochs * steps_per_epoch))   # steps + updates to time
         timer.start()
         n_steps = n_updates = 0
         for e in range(int(math.ceil(n_epochs))):
-            for i, (x, y) in enumerate(train.epoch_batches(100 + e)):
-                if n_steps + n_updates >= n_epochs * steps_per_epoch:
-                    break
-                step = e * steps_per_epoch + i
-                if controller is not None and controller.is_update_step(step):
-                    controller.update(step, update_loss(x, y))
-                    n_updates += 1
-                else:
-                    loss_sum += step_fn(x, y, kl_coef)
-                    n_steps += 1
+            done = train_epoch(itertools.islice(train.epoch_batches(100 + e),
+                                                budget - n_steps - n_updates),
+                               step_fn, kl_coef, step=e * steps_per_epoch, controller=controller,
+                               update_loss=lambda x, y, t: update_loss(x, y))
+            loss_sum += done.loss_sum.to(device)
+            n_steps += done.n_steps
+            n_updates += done.n_updates
         total = timer.stop()
         row.update(extrapolated=False, epochs_timed=n_epochs, steps_timed=n_steps,
                    updates_timed=n_updates, s_per_epoch_train=total / n_epochs)
-    else:
+    else:                        # optimisation steps only; updates are timed below
         timer.start()
-        for _ in range(args.steps):
-            x, y = next(it)
-            loss_sum += step_fn(x, y, kl_coef)
+        done = train_epoch(itertools.islice(it, args.steps), step_fn, kl_coef)
         s_step = timer.stop() / args.steps
+        loss_sum += done.loss_sum.to(device)
         s_update = 0.0
         if controller is not None:
             batches = [next(it) for _ in range(args.update_reps)]

@@ -6,7 +6,12 @@
 #   bash scripts/test.sh                  # all four stages
 #   bash scripts/test.sh book site        # only the named stages (unit notebooks book site)
 #
-# Runs the notebooks and the book at SSVI_PRESET=tiny unless SSVI_PRESET is set.
+# Runs the notebooks and the book at SSVI_PRESET=tiny unless SSVI_PRESET is set; at tiny the
+# runs are stored under build_scratch/ (SSVI_RESULTS, SSVI_RUNS), not in results/.
+#
+# Each notebook executes once: the notebooks stage (nbval) stores every notebook that passed, with
+# its outputs, in the book's Jupyter Cache (notebooks/conftest.py, SSVI_NB_CACHE), and the book
+# stage renders those instead of executing the notebooks again (SSVI_BOOK_REUSE=1).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,6 +20,11 @@ export PATH="$ROOT/.venv/bin:$PATH"
 export SSVI_PRESET="${SSVI_PRESET:-tiny}"
 # Notebooks execute with notebooks/ as working directory: pass the data folder as an absolute path.
 export SSVI_DATA="$(realpath -m "${SSVI_DATA:-data}")"
+if [ "$SSVI_PRESET" = tiny ]; then   # CI-scale runs are scratch, not results worth keeping
+    export SSVI_RESULTS="$(realpath -m "${SSVI_RESULTS:-build_scratch/tiny/results}")"
+    export SSVI_RUNS="$(realpath -m "${SSVI_RUNS:-build_scratch/tiny/runs}")"
+fi
+NB_CACHE="$ROOT/_build/.jupyter_cache"   # the book's cache (_config.yml: execute.cache default)
 failed=()
 stages=" ${*:-unit notebooks book site} "
 for name in $stages; do
@@ -48,14 +58,17 @@ if want notebooks; then
             echo "[test] notebooks/ is empty: nothing to run"
         fi
     else
-        pytest --nbval --nbval-current-env -q notebooks/
+        rm -rf "$NB_CACHE"
+        SSVI_NB_CACHE="$NB_CACHE" pytest --nbval --nbval-current-env -q -p no:cacheprovider notebooks/
         rc=$?
+        export SSVI_BOOK_REUSE=1   # the book stage renders what nbval executed
         if [ $rc -ne 0 ]; then failed+=("notebooks (pytest exit $rc)"); fi
     fi
 fi
 
 if want book; then
-    stage "3/4 book: jupyter-book build --all -W -n --keep-going . (SSVI_PRESET=$SSVI_PRESET)"
+    how="executed"; [ "${SSVI_BOOK_REUSE:-0}" = 1 ] && how="from the nbval stage"
+    stage "3/4 book: jupyter-book build --all -W -n --keep-going . (SSVI_PRESET=$SSVI_PRESET, notebooks $how)"
     SSVI_SKIP_SETUP=1 bash scripts/build_book.sh
     rc=$?
     if [ $rc -ne 0 ]; then failed+=("book build (exit $rc)"); fi

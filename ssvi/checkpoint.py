@@ -15,21 +15,18 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from .errors import CheckpointError
 from .layers import bayes_layers
 
 FORMAT = "ssvi-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or not an ssvi checkpoint."""
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
@@ -51,11 +48,47 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _temp_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def stale_temp_files(path) -> list[Path]:
+    """Temporary files an interrupted atomic write of ``path`` left beside it
+    (``.<name>.*.tmp``, and ``<name>.tmp`` from older versions)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    found = list(path.parent.glob(f".{path.name}.*.tmp"))
+    legacy = path.parent / f"{path.name}.tmp"
+    if legacy.is_file():
+        found.append(legacy)
+    return sorted(p for p in found if p.is_file())
+
+
+def remove_stale_temp_files(path) -> list[Path]:
+    """Delete what :func:`stale_temp_files` finds (call it before a writer starts, when no other
+    process writes ``path``); returns the deleted paths."""
+    removed = []
+    for tmp in stale_temp_files(path):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def _atomic_write(path, write) -> Path:
-    """Call ``write(binary_file)`` on a temp file beside ``path``, fsync, then rename over it."""
+    """Call ``write(binary_file)`` on a temp file beside ``path``, fsync, then rename over it.
+
+    The file is created with mode 0666 less the umask (0644 under umask 022), like ``open``;
+    a temp file left by a crash is named ``.<name>.<pid>-<random>.tmp``
+    (see :func:`remove_stale_temp_files`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -50,13 +50,13 @@ Differences from the original code, all documented choices:
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .cifar import data_root
 
 SEVERITIES = (1, 2, 3, 4, 5)
 PARAMS = {
@@ -235,8 +235,8 @@ def corrupt(images, name: str, severity: int, seed: int = 0):
 def load_cifar10c(root, name: str, severity: int):
     """Read one (corruption, severity) block of the RELEASED CIFAR-10-C.
 
-    ``root`` is the ``CIFAR-10-C`` folder or a folder containing it (None: the data directory,
-    ``$SSVI_DATA`` or ``./data``). Each ``<name>.npy`` holds 5 * M images (N, 32, 32, 3) uint8,
+    ``root`` is the ``CIFAR-10-C`` folder or a folder containing it (None: the data folder,
+    :func:`ssvi.cifar.data_root`). Each ``<name>.npy`` holds 5 * M images (N, 32, 32, 3) uint8,
     severities 1..5 in consecutive blocks of M (M = 10000 in the release), and ``labels.npy``
     the matching labels. Returns ``(images uint8 (M, 3, 32, 32), labels int64 (M,))``.
     """
@@ -244,9 +244,7 @@ def load_cifar10c(root, name: str, severity: int):
         raise ValueError(f"unknown CIFAR-10-C corruption {name!r}; the release has: "
                          f"{', '.join(CIFAR10C_NAMES)}")
     _check_severity(severity)
-    if root is None:
-        root = os.environ.get("SSVI_DATA") or "data"
-    root = Path(root)
+    root = data_root(root)
     folder = root if (root / "labels.npy").is_file() else root / "CIFAR-10-C"
     files = [folder / f"{name}.npy", folder / "labels.npy"]
     missing = [str(f) for f in files if not f.is_file()]

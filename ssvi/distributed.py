@@ -10,9 +10,10 @@ each made so that N processes train the SAME model as one process at the same gl
 
 * **Global batch.** ``cfg.batch_size`` is the global batch (the recipe's 128). Every rank builds
   the same loader (same seed, so the same permutation and augmentation) and takes a contiguous
-  1/N of every global batch (:class:`ShardedLoader`); ``batch_size`` must be divisible by N. A
-  final partial batch whose size is not divisible by N loses its last ``size % N`` images in that
-  epoch (none for 50,000 images, batch 128 and N in 1, 2, 4, 8).
+  1/N of every global batch (:class:`ssvi.loader.Loader` with ``shard=(rank, N)``);
+  ``batch_size`` must be divisible by N. A final partial batch whose size is not divisible by N
+  loses its last ``size % N`` images in that epoch (none for 50,000 images, batch 128 and N in
+  1, 2, 4, 8).
 * **Gradients.** DDP averages the rank gradients of mean CE + kl_coef * KL: the gradient of the
   global-batch loss (equal shards). The KL term is the same on every rank.
 * **BatchNorm.** Statistics over the global batch (``sync_bn=True``, the default): torch's
@@ -40,8 +41,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-
-from .data import crop_flip
 
 
 def env_world_size() -> int:
@@ -131,65 +130,6 @@ def convert_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
     return convert(model)
 
 
-# -- the rank's shard of every global batch -------------------------------------------------------------
-class ShardedLoader:
-    """Rank ``rank``'s contiguous 1/``world_size`` of every global batch of a
-    :class:`ssvi.data.GPULoader` (the images the single-process loader would put at those
-    positions, with the same augmentation). Only the shard is gathered and augmented."""
-
-    def __init__(self, loader, rank: int, world_size: int):
-        if loader.batch_size % world_size:
-            raise ValueError(f"batch_size={loader.batch_size} (the global batch) must be divisible "
-                             f"by the number of processes ({world_size})")
-        self.loader, self.rank, self.world_size = loader, int(rank), int(world_size)
-        self.batch_size = loader.batch_size
-        self.augment = loader.augment
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    @property
-    def num_samples(self) -> int:
-        return self.loader.num_samples
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        return self.epoch_batches(self.epoch)
-
-    def _shard(self, lo: int, hi: int) -> tuple[int, int]:
-        per = (hi - lo) // self.world_size
-        start = lo + self.rank * per
-        return start, start + per
-
-    def epoch_batches(self, epoch: int):
-        """The shard of every global batch of epoch ``epoch`` (see :class:`GPULoader`)."""
-        ld = self.loader
-        order, dy, dx, flip = ld.epoch_plan(epoch)
-        n, b = ld.num_samples, ld.batch_size
-        # the plan goes to the device once per epoch: no per-batch host-to-device copies
-        order = (torch.arange(n) if order is None else order).to(ld.device, non_blocking=True)
-        if dy is not None:
-            dy, dx, flip = (t.to(ld.device, non_blocking=True) for t in (dy, dx, flip))
-        for i in range(len(ld)):
-            lo, hi = self._shard(i * b, min((i + 1) * b, n))
-            if hi == lo:
-                continue
-            idx = order[lo:hi]
-            xb, yb = ld.x[idx], ld.y[idx]
-            if dy is not None:
-                xb = crop_flip(xb, dy[lo:hi], dx[lo:hi], flip[lo:hi], ld.padding)
-            yield ld.normalize(xb), yb
-
-    def random_batch(self, generator):
-        """This rank's shard of the loader's ``random_batch`` (the same global batch everywhere)."""
-        x, y = self.loader.random_batch(generator)
-        lo, hi = self._shard(0, x.shape[0])
-        return x[lo:hi], y[lo:hi]
-
-
 # -- the per-run context -------------------------------------------------------------------------------
 @dataclass
 class DistContext:
@@ -209,11 +149,11 @@ class DistContext:
         return self.rank == 0
 
     def shard_data(self, data):
-        """``data`` with its training loader replaced by this rank's :class:`ShardedLoader`."""
+        """``data`` with its training loader replaced by this rank's shard of it
+        (:meth:`ssvi.loader.Loader.sharded`)."""
         if not self.active:
             return data
-        return dataclasses.replace(data, train=ShardedLoader(data.train, self.rank,
-                                                             self.world_size))
+        return dataclasses.replace(data, train=data.train.sharded(self.rank, self.world_size))
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """Global-batch BatchNorm (if ``sync_bn``) and DistributedDataParallel; the identity in

@@ -1,8 +1,9 @@
-"""Experiment plumbing for the notebooks: scale presets, cached runs and results as data.
+"""Experiment plumbing: scale presets, run ids, cached runs.
 
-Every run writes ``results/<experiment>/<run-id>.json`` (config, metrics, per-epoch history,
-provenance). The run id is a hash of the configuration, so a notebook asked for a run that already
-exists (made here, or on a GPU and committed) loads it instead of training again.
+Every run writes ``results/<experiment>/<run-id>.json`` (a schema-2 record, :mod:`ssvi.results`).
+The run id is a hash of the configuration's result fields and of the data fingerprint
+(:func:`run_id`), so a notebook asked for a run that already exists (made here, or on a GPU and
+committed) loads it instead of training again.
 
 Presets (``SSVI_PRESET`` or the notebook's ``preset`` parameter):
 
@@ -14,14 +15,16 @@ Presets (``SSVI_PRESET`` or the notebook's ``preset`` parameter):
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import os
 from importlib import resources
 from pathlib import Path
 
+from . import config as C
 from .config import TrainConfig
+from .errors import ConfigError, ResultsFileError
+from .paths import repo_dir, results_root, runs_root  # noqa: F401 (re-exported)
 
 PRESETS: dict[str, dict] = {
     "tiny": dict(model="small_cnn", width=0.25, epochs=2, batch_size=64, train_subset=1024,
@@ -35,90 +38,87 @@ PRESETS: dict[str, dict] = {
 DEFAULT_PRESET = "cpu"
 
 
-def repo_dir() -> Path:
-    """The checkout holding the ``ssvi`` package (where ``results/``, ``data/``, ``runs/`` live),
-    else the first folder above the working directory with a pyproject.toml, else the cwd.
-
-    Notebooks execute with their own folder as working directory, so relative paths would
-    point into ``notebooks/``; every default path is resolved against this folder.
-    """
-    here = Path(__file__).resolve().parent.parent
-    if (here / "pyproject.toml").is_file():
-        return here
-    cwd = Path.cwd().resolve()
-    for p in (cwd, *cwd.parents):
-        if (p / "pyproject.toml").is_file() and (p / "ssvi").is_dir():
-            return p
-    return cwd
-
-
-def results_root(results_dir=None) -> str:
-    """``results_dir``, else $SSVI_RESULTS, else <repository>/results."""
-    return str(results_dir or os.environ.get("SSVI_RESULTS") or repo_dir() / "results")
-
-
 def resolve_preset(preset: str | None = None) -> str:
     """The preset name: the argument, else $SSVI_PRESET, else 'cpu'; checked."""
     name = preset or os.environ.get("SSVI_PRESET") or DEFAULT_PRESET
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return name
 
 
 def preset_config(preset: str | None = None, **overrides) -> TrainConfig:
-    """A TrainConfig at the given scale preset, with ``overrides`` applied (None values ignored)."""
+    """A TrainConfig at the given scale preset, with ``overrides`` applied (None values ignored).
+
+    A preset value that the chosen method ignores (e.g. the tiny preset's ``update_every`` for a
+    dense method) is left out silently; an override that the method ignores is normalised with
+    an :class:`ssvi.config.IgnoredSettingWarning`.
+    """
     name = resolve_preset(preset)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     bad = set(overrides) - fields
     if bad:
-        raise ValueError(f"unknown parameter(s) {', '.join(sorted(bad))}; "
-                         f"allowed: {', '.join(sorted(fields))}")
-    kw = dict(PRESETS[name])
-    kw.update({k: v for k, v in overrides.items() if v is not None})
-    kw.setdefault("extra", {})
-    kw["extra"] = dict(kw["extra"], preset=name)
+        raise ConfigError(f"unknown parameter(s) {', '.join(sorted(bad))}; "
+                          f"allowed: {', '.join(sorted(fields))}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    kw = {**PRESETS[name], **given}
+    kw["extra"] = dict(kw.get("extra") or {}, preset=name)
+    values = {f: C.default_value(f) for f in fields} | kw
+    if values["method"] in C.METHOD_SPECS:
+        for k in C.normalise(values):
+            if k in PRESETS[name] and k not in given:
+                del kw[k]
     return TrainConfig(**kw)
 
 
-def run_id(cfg: TrainConfig) -> str:
-    """A short stable hash of everything that changes the result (not paths or verbosity)."""
-    d = cfg.to_dict()
-    for k in ("progress", "run_dir", "results_path", "data_dir"):
-        d.pop(k, None)
-    blob = json.dumps(d, sort_keys=True, default=str).encode()
-    preset = cfg.extra.get("preset", "custom")
-    tag = f"{preset}-{cfg.method}-d{cfg.density:g}-s{cfg.seed}"
-    return f"{tag}-{hashlib.sha256(blob).hexdigest()[:10]}"
+def run_id(cfg: TrainConfig, data_fingerprint: dict | None = None) -> str:
+    """``<method>-d<density>-s<seed>-<hash>``: the hash covers every result field whose value is
+    not its default (so adding a field whose default keeps the old behaviour keeps every stored
+    id) and the data fingerprint (dataset, variant, sha256 of the arrays used; default
+    :func:`ssvi.loader.data_fingerprint`). Paths and resume-free fields are left out."""
+    if data_fingerprint is None:
+        from .loader import data_fingerprint as fingerprint
+        data_fingerprint = fingerprint(cfg)
+    settings = {k: v for k, v in cfg.result_dict().items() if v != C.default_value(k)}
+    key = {"config": settings,
+           "data": {k: data_fingerprint[k] for k in ("dataset", "variant", "sha256")}}
+    blob = json.dumps(key, sort_keys=True, allow_nan=False).encode()
+    return f"{cfg.method}-d{cfg.density:g}-s{cfg.seed}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
-def result_path(experiment: str, cfg: TrainConfig, results_dir: str | None = None) -> str:
-    return os.path.join(results_root(results_dir), experiment, run_id(cfg) + ".json")
+def result_path(experiment: str, cfg: TrainConfig, results_dir: str | None = None,
+                data_fingerprint: dict | None = None) -> str:
+    """``<results>/<experiment>/<run id>.json``."""
+    return os.path.join(results_root(results_dir), experiment,
+                        run_id(cfg, data_fingerprint) + ".json")
 
 
-def run(experiment: str, cfg: TrainConfig, *, force: bool = False,
-        results_dir: str | None = None, on_update=None) -> dict:
-    """Load ``results/<experiment>/<run-id>.json`` if it exists, else train ``cfg`` and write it.
+def run(experiment: str, cfg: TrainConfig, *, force: bool = False, rerun_stale: bool = False,
+        results_dir: str | None = None, on_update=None, **train_kw) -> dict:
+    """Load ``results/<experiment>/<run-id>.json`` if it holds a valid record, else train ``cfg``
+    and write it. ``force``: train even if stored; ``rerun_stale``: train again when the stored
+    record is stale (:func:`ssvi.results.is_stale`).
 
-    ``on_update`` is passed to :func:`ssvi.trainer.train` (e.g. to log removal sets).
+    A corrupt or malformed file at that path raises :class:`ssvi.errors.ResultsFileError`
+    naming it (it is never taken as done). ``on_update`` and ``train_kw`` go to
+    :func:`ssvi.trainer.train`.
     """
+    from . import results
     path = result_path(experiment, cfg, results_dir)
     if os.path.exists(path) and not force:
-        with open(path) as f:
-            return json.load(f)
+        rec = results.read_record(path)
+        if rec["run_id"] != Path(path).stem:
+            raise ResultsFileError(f"results file {path} holds run {rec['run_id']!r}, not the "
+                                   f"run its name says; delete it and run again")
+        if not (rerun_stale and results.is_stale(rec)):
+            return rec
     from .trainer import train
-    cfg = dataclasses.replace(cfg, results_path=path)
-    return train(cfg, on_update=on_update)
+    return train(dataclasses.replace(cfg, results_path=path), on_update=on_update, **train_kw)
 
 
 def load_results(experiment: str, results_dir: str | None = None) -> list[dict]:
-    """Every stored result of ``experiment`` (runs made here and runs committed from elsewhere)."""
-    out = []
-    for path in sorted(glob.glob(os.path.join(results_root(results_dir), experiment, "*.json"))):
-        with open(path) as f:
-            rec = json.load(f)
-        rec["_path"] = path
-        out.append(rec)
-    return out
+    """Every stored record of ``experiment`` (see :func:`ssvi.results.load_results`)."""
+    from .results import load_results as load
+    return load(experiment, results_dir)
 
 
 def paper_numbers() -> dict:

@@ -8,7 +8,7 @@ step by step in ``tests/test_fast.py``). What it changes is how the work reaches
   elementwise kernels of every Bayesian layer (mask, softplus, square, x*x, sqrt, noise, KL) fuse
   into a few. ``dynamic=False``: the full and the last, shorter batch of an epoch get one graph each.
 * **CUDA graphs** (compile mode ``"reduce-overhead"``): at batch 128 a ResNet-18 LRT step is
-  launch-bound, not arithmetic-bound (``shared/reference/recipe.md``), so one graph replay replaces
+  launch-bound, not arithmetic-bound (book/speed.md), so one graph replay replaces
   hundreds of launches. Masks, mu and rho are updated IN PLACE (``copy_`` / ``masked_fill_`` in
   :class:`ssvi.subspace.SubspaceController`, in-place SGD), so their storage never moves and a
   recorded graph stays valid after every subspace update; the masks are buffers read inside the

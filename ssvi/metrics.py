@@ -98,7 +98,7 @@ def predict_probs(model: nn.Module, loader, samples: int = 5, mode: str = "sampl
     ignored). A model without stochastic layers needs, and gets, a single pass.
     ``seed`` fixes the draws (a generator on the model's device); None uses the global RNG.
     ``loader`` yields ``(x, y)`` in the same order on every pass (e.g. an eval
-    :class:`ssvi.data.GPULoader`). BatchNorm runs in eval mode; the model's train/eval state
+    :class:`ssvi.loader.Loader`). BatchNorm runs in eval mode; the model's train/eval state
     is restored. Returns ``(probs, labels)``: float64 (N, C) and int64 (N,) on the
     loader's device.
     """
@@ -108,7 +108,7 @@ def predict_probs(model: nn.Module, loader, samples: int = 5, mode: str = "sampl
         raise ValueError(f"predict_probs: samples={samples} must be a positive integer")
     if getattr(loader, "augment", False):
         raise ValueError("predict_probs: the loader augments its images; evaluate with an eval "
-                         "loader (GPULoader(..., augment=False))")
+                         "loader (Loader(..., augment=False))")
     stochastic = any(m.rho is not None for _, m in bayes_layers(model))
     with torch.no_grad(), _eval_state(model):
         if mode == "mean" or not stochastic:

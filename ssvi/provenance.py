@@ -1,7 +1,9 @@
 """Run provenance: which code, on which hardware and software, when, with which seed.
 
-Stored next to every result so a number can be traced to the code that produced it. Host names
-are deliberately not recorded.
+Stored in every results record (``record["provenance"]``, :mod:`ssvi.results`) so a number can be
+traced to the code and machine that produced it; the key of the commit is ``commit``. Host names
+are deliberately not recorded. Which code computed a result is also fixed, independently of git,
+by the record's code fingerprint (:func:`ssvi.results.code_fingerprint`).
 """
 from __future__ import annotations
 
@@ -68,11 +70,17 @@ def device_info(device=None) -> dict:
     return info
 
 
-def provenance(device=None, seed=None, wall_time_s=None, repo_dir=None) -> dict:
-    """Provenance record of a run: git commit (+ dirty flag), device, versions, UTC time, seed.
+def provenance(device=None, seed=None, wall_time_s=None, repo_dir=None, fast=None) -> dict:
+    """Provenance record of a run (results schema 2, ``record["provenance"]``).
 
-    Never raises for a missing git or repository (the commit is then "unknown"), and records no
-    host name. ``wall_time_s`` is the caller's measured run time, stored as given.
+    Keys: ``commit`` (full sha or "unknown") and ``dirty`` (tracked files differ from it; None
+    when unknown), ``device`` ("cpu", "cuda:0"...), ``device_name`` (GPU or CPU model),
+    ``torch_threads``, ``cpu_count``, ``cpu``, ``cuda_version`` (CUDA only), ``torch`` (version),
+    ``python_version``, ``platform``, ``timestamp_utc``, ``seed``, ``wall_time_s`` (the caller's
+    measured run time, as given) and ``fast`` (whether the fast path ran; None if not said).
+
+    Never raises for a missing git or repository (the commit is then "unknown"). Records no host
+    name: results are committed to a public repository, and the device name says the hardware.
     """
     return {
         **git_state(repo_dir),
@@ -83,4 +91,5 @@ def provenance(device=None, seed=None, wall_time_s=None, repo_dir=None) -> dict:
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
         "wall_time_s": None if wall_time_s is None else float(wall_time_s),
+        "fast": None if fast is None else bool(fast),
     }

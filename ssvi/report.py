@@ -1,313 +1,45 @@
-"""Shared helpers of the experiment notebooks: run plans, labels, tables and paper comparisons.
+"""Labels and tables of stored results: what every table row and figure says about its run.
 
-Three jobs, in this order in the file:
+1. **Labels.** Every row and series names its data (from the record's data fingerprint), scale,
+   seeds and device (:func:`dataset_label`, :func:`device_label`, :func:`scale_label`,
+   :func:`method_label`); :func:`caption` states the setting a table's rows share, once.
+2. **Tables.** :func:`flatten` turns a stored record (:mod:`ssvi.results`) into one flat row
+   (every column is read from the record field named in :data:`SOURCES`), :func:`results_table`
+   makes a DataFrame of them, :func:`aggregate_seeds` gives mean and standard deviation over
+   seeds, :func:`paper_rows` the paper's own numbers (``ssvi/paper_numbers.json``) and
+   :func:`paper_vs_ours` both side by side, the paper's rows marked as quoted and never mixed
+   with our measurements. Numbers lead; data, commit and staleness follow in each row;
+   :func:`styled` displays a table with its caption. :func:`ablation_arm` and
+   :func:`shift_table` label Figure 3's arms and tabulate the shift appendix's evaluation.
 
-1. **Parameters and run plans.** :func:`resolve_density`, :func:`resolve_seeds`,
-   :func:`resolve_datasets` turn a notebook's ``parameters`` cell into checked values;
-   :func:`plan` lists the runs (``Run``: the storage experiment and a TrainConfig)
-   of Tables 1-2 and Figure 1; :func:`execute` runs any list of runs through
-   :func:`ssvi.experiments.run` (cached by run id, resumable checkpoints at the paper preset).
-2. **Labels.** Every table row and figure series says which data, scale, seeds and device it
-   comes from (:func:`dataset_label`, :func:`device_label`, :func:`scale_label`).
-3. **Tables.** :func:`results_table` flattens stored results (``load_results``) into a
-   DataFrame, :func:`aggregate_seeds` gives mean and std over seeds, :func:`paper_table` the
-   paper's own numbers (``ssvi/paper_numbers.json``) and :func:`paper_vs_ours` both side by
-   side, the paper's rows marked as quoted and never mixed with our measurements.
+Which runs exist and how they are made is :mod:`ssvi.registry` and :mod:`ssvi.runner`.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from . import experiments as E
-from .config import DATASETS, REMOVALS, TrainConfig
-from .experiments import load_results, repo_dir, results_root  # noqa: F401 (notebooks use R.*)
+from .config import METHODS, TrainConfig
 
 # ---------------------------------------------------------------------------------------------
-# 1. parameters and run plans
+# 1. labels: data, method, scale, seeds, device
 # ---------------------------------------------------------------------------------------------
 
-#: seeds a preset runs when a notebook's ``seeds`` is None (the paper averages seeds 0, 1, 2)
-PRESET_SEEDS = {"tiny": (0,), "cpu": (0,), "paper": (0, 1, 2)}
-#: datasets a preset runs when a notebook's ``dataset`` is None (CIFAR-100 only where present)
-PRESET_DATASETS = {"tiny": ("cifar10",), "cpu": ("cifar10",), "paper": ("cifar10", "cifar100")}
-#: Table 1: SSVI at these sparsities (next to dense VI)
-TABLE1_SPARSITIES = (0.9, 0.95)
-#: Table 2: the sparsity the paper reports SSVI at, per dataset
-TABLE2_SPARSITY = {"cifar10": 0.95, "cifar100": 0.9, "synthetic": 0.95}
-#: experiments planned here (= notebook name) -> folder their runs are stored in. Table 2's
-#: SSVI / dense-VI runs and Figure 1's points are Table 1's configurations, stored once. (The
-#: figure2/figure3/appendix notebooks define their own plans; scripts/run_grid.py reads every
-#: notebook's ``PLAN``.)
-EXPERIMENTS = {"table1": "table1", "table2": "table1", "figure1": "table1", "summary": "table1"}
-
-
-def preset_default(preset: str):
-    """``by_preset(value, defaults)``: ``value`` if given, else ``defaults[preset]`` (the grid
-    a notebook runs at each scale preset when its parameter is None)."""
-    def by_preset(value, defaults: dict):
-        return defaults[preset] if value is None else value
-    return by_preset
-
-
-def data_root(data_dir=None) -> str:
-    """``data_dir``, else $SSVI_DATA, else <repository>/data."""
-    return str(data_dir or os.environ.get("SSVI_DATA") or repo_dir() / "data")
-
-
-def resolve_density(sparsity: float | None = None, density: float | None = None,
-                    default: float | None = None) -> float:
-    """Density d = 1 - sparsity (the fraction of active weights per sparse tensor), checked.
-
-    Give ``sparsity`` or ``density`` (not both); if neither, ``default`` (a density).
-    """
-    if sparsity is not None and density is not None:
-        raise ValueError(f"give sparsity ({sparsity!r}) or density ({density!r}), not both "
-                         "(density = 1 - sparsity)")
-    if sparsity is not None:
-        try:
-            s = float(sparsity)
-        except (TypeError, ValueError):
-            raise ValueError(f"sparsity={sparsity!r} must be a number in [0, 1), e.g. 0.95 for "
-                             "95% of the weights pruned") from None
-        if not 0.0 <= s < 1.0 or math.isnan(s):
-            hint = " (a percentage? write 0.95, not 95)" if 1.0 <= s <= 100.0 else ""
-            raise ValueError(f"sparsity={sparsity!r} must be in [0, 1){hint}; "
-                             "density = 1 - sparsity must be in (0, 1]")
-        return round(1.0 - s, 12)
-    d = default if density is None else density
-    if d is None:
-        raise ValueError("give a sparsity in [0, 1) or a density in (0, 1]")
-    try:
-        d = float(d)
-    except (TypeError, ValueError):
-        raise ValueError(f"density={d!r} must be a number in (0, 1]") from None
-    if not 0.0 < d <= 1.0 or math.isnan(d):
-        raise ValueError(f"density={d!r} must be in (0, 1] (density = 1 - sparsity; 0.1 means "
-                         "90% sparse)")
-    return d
-
-
-def resolve_seeds(seeds=None, preset: str | None = None) -> tuple[int, ...]:
-    """Seeds to run: None -> the preset's (1 seed at tiny/cpu, 0, 1, 2 at paper); an int n ->
-    seeds 0..n-1; a list -> those seeds."""
-    if seeds is None:
-        return PRESET_SEEDS[E.resolve_preset(preset)]
-    if isinstance(seeds, bool):
-        raise ValueError(f"seeds={seeds!r} must be a number of seeds or a list of seeds")
-    if isinstance(seeds, int):
-        if seeds < 1:
-            raise ValueError(f"seeds={seeds} must be >= 1 (a number of seeds) or a list of seeds")
-        return tuple(range(seeds))
-    try:
-        out = tuple(int(s) for s in seeds)
-    except (TypeError, ValueError):
-        raise ValueError(f"seeds={seeds!r} must be a number of seeds or a list of integer "
-                         "seeds") from None
-    if not out or len(set(out)) != len(out) or min(out) < 0:
-        raise ValueError(f"seeds={seeds!r} must be a non-empty list of distinct seeds >= 0")
-    return out
-
-
-def dataset_available(dataset: str, data_dir=None) -> bool:
-    """True when ``dataset``'s files are present (synthetic: always)."""
-    from .data import _LAYOUT
-    if dataset == "synthetic":
-        return True
-    folder = Path(data_root(data_dir)) / _LAYOUT[dataset][0]
-    return folder.is_dir() and any(folder.iterdir())
-
-
-def resolve_datasets(dataset=None, preset: str | None = None, data_dir=None,
-                     log=print) -> tuple[str, ...]:
-    """Datasets to run: None -> the preset's (CIFAR-10; at paper also CIFAR-100 when its files
-    exist, else skipped with a message); a name or a list of names -> those, checked."""
-    if dataset is None:
-        names = PRESET_DATASETS[E.resolve_preset(preset)]
-        out = []
-        for name in names:
-            if name != names[0] and not dataset_available(name, data_dir):
-                if log is not None:
-                    log(f"skipping {name}: no files under the data directory "
-                        f"({data_root(data_dir)}); put the official archive there to run it")
-                continue
-            out.append(name)
-        return tuple(out)
-    names = (dataset,) if isinstance(dataset, str) else tuple(dataset)
-    bad = [n for n in names if n not in DATASETS]
-    if bad or not names:
-        raise ValueError(f"dataset={dataset!r} is not allowed; choose one of "
-                         f"{', '.join(map(repr, DATASETS))} (or a list of them)")
-    return names
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run of a plan: stored in ``results/<experiment>/<run id>.json``."""
-    experiment: str
-    cfg: TrainConfig
-
-    @property
-    def run_id(self) -> str:
-        """:func:`ssvi.experiments.run_id` of the configuration (the results file's name)."""
-        return E.run_id(self.cfg)
-
-    def describe(self) -> str:
-        """'experiment/run-id  (dataset, method, density, seed, non-default settings)'."""
-        c = self.cfg
-        bits = [c.dataset, c.method, f"density {c.density:g}", f"seed {c.seed}"]
-        if c.method == "ssvi":
-            bits += [f"removal {c.removal}", f"addition {c.addition}"]
-            if c.regrow_sigma != "mean":
-                bits.append(f"regrow sigma {c.regrow_sigma_const:g}")
-        if c.sigma_init_mean != TrainConfig.sigma_init_mean:
-            bits.append(f"sigma0 mean {c.sigma_init_mean:g}")
-        if not c.kl_warmup:
-            bits.append("no KL warm-up")
-        return f"{self.experiment}/{self.run_id}  ({', '.join(bits)})"
-
-
-def plan(experiment: str, *, preset: str | None = None, dataset=None, seeds=None,
-         sparsity: float | None = None, density: float | None = None,
-         criterion: str | None = None, epochs: int | None = None, batch_size: int | None = None,
-         device: str | None = None, data_dir: str | None = None, log=print,
-         **options) -> list[Run]:
-    """The runs of ``experiment`` (a key of :data:`EXPERIMENTS`) at the given scale.
-
-    The common arguments are the notebooks' parameters (None = preset default; ``criterion`` is
-    the removal criterion). ``sparsity``/``density`` replace the experiment's default SSVI
-    level(s). ``options``: ``sparsities`` (table1, figure1, summary: the SSVI levels) and
-    ``overrides`` (a dict of further TrainConfig fields, any experiment).
-    """
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {experiment!r}; choose one of "
-                         f"{', '.join(EXPERIMENTS)}")
-    preset = E.resolve_preset(preset)
-    seeds = resolve_seeds(seeds, preset)
-    datasets = resolve_datasets(dataset, preset, data_dir, log=log)
-    if criterion is not None and criterion not in REMOVALS:
-        raise ValueError(f"criterion={criterion!r} is not allowed; choose one of "
-                         f"{', '.join(map(repr, REMOVALS))}")
-    chosen = None
-    if sparsity is not None or density is not None:
-        chosen = resolve_density(sparsity, density)
-    common = dict(epochs=epochs, batch_size=batch_size, device=device, data_dir=data_root(data_dir),
-                  removal=criterion, **options.pop("overrides", {}))
-    builder = _PLANS[experiment]
-    runs = builder(preset=preset, datasets=datasets, seeds=seeds, chosen=chosen,
-                   common=common, **options)
-    store = EXPERIMENTS[experiment]
-    out, seen = [], set()
-    for cfg in runs:
-        run = Run(store, cfg)
-        if (store, run.run_id) not in seen:
-            seen.add((store, run.run_id))
-            out.append(run)
-    return out
-
-
-def _cfg(preset, common, **kw) -> TrainConfig:
-    return E.preset_config(preset, **{**common, **kw})
-
-
-def _unknown(options: dict, experiment: str) -> None:
-    if options:
-        raise ValueError(f"{experiment}: unknown option(s) {', '.join(sorted(options))}")
-
-
-def _plan_table1(*, preset, datasets, seeds, chosen, common, sparsities=None, **options):
-    _unknown(options, "table1")
-    if chosen is not None:
-        densities = (chosen,)
-    else:
-        densities = tuple(resolve_density(s) for s in (sparsities or TABLE1_SPARSITIES))
-    for ds in datasets:
-        for seed in seeds:
-            yield _cfg(preset, common, dataset=ds, method="dense_vi", density=1.0,
-                             seed=seed)
-            for d in densities:
-                yield _cfg(preset, common, dataset=ds, method="ssvi", density=d, seed=seed)
-
-
-def _plan_table2(*, preset, datasets, seeds, chosen, common, **options):
-    _unknown(options, "table2")
-    for ds in datasets:
-        d = chosen if chosen is not None else resolve_density(TABLE2_SPARSITY[ds])
-        for seed in seeds:
-            yield _cfg(preset, common, dataset=ds, method="dense_vi", density=1.0,
-                             seed=seed)
-            yield _cfg(preset, common, dataset=ds, method="ssvi", density=d, seed=seed)
-
-
-_PLANS = {"table1": _plan_table1, "table2": _plan_table2, "figure1": _plan_table1,
-          "summary": _plan_table1}
-
-
-def checkpoint_dir(run: Run, runs_dir: str | None = None) -> str:
-    """Where :func:`execute` keeps a run's checkpoint: ``<repository>/runs/<experiment>/<run id>``."""
-    return os.path.join(runs_dir or str(repo_dir() / "runs"), run.experiment, run.run_id)
-
-
-def records_of(runs: Sequence[Run], results_dir: str | None = None) -> list[dict]:
-    """The stored results files of ``runs`` (read back from disk, with their ``_path``)."""
-    out = []
-    for run in runs:
-        path = E.result_path(run.experiment, run.cfg, results_root(results_dir))
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no results file {path}; run the plan first "
-                                    "(ssvi.report.execute)")
-        with open(path) as f:
-            rec = json.load(f)
-        rec["_path"] = path
-        out.append(rec)
-    return out
-
-
-def is_done(run: Run, results_dir: str | None = None) -> bool:
-    """True when the run's results file exists (it will be loaded, not trained)."""
-    return os.path.exists(E.result_path(run.experiment, run.cfg, results_root(results_dir)))
-
-
-def execute(runs: Sequence[Run], *, checkpoints: bool | None = None, results_dir=None,
-            progress: bool = False, log=print) -> list[dict]:
-    """Run (or load, by run id) every run of a plan; returns their results in plan order.
-
-    ``checkpoints``: keep a resumable checkpoint per run under ``runs/`` (default: only at the
-    paper preset, where a run is long enough to be interrupted). ``progress``: per-epoch lines.
-    """
-    out = []
-    for i, run in enumerate(runs, 1):
-        cfg = run.cfg
-        preset = cfg.extra.get("preset")
-        keep = (preset == "paper") if checkpoints is None else checkpoints
-        cached = is_done(run, results_dir)
-        if keep:
-            cfg = dataclasses.replace(cfg, run_dir=checkpoint_dir(run))
-        cfg = dataclasses.replace(cfg, progress=progress)
-        if log is not None:
-            log(f"[{i}/{len(runs)}] {'cached ' if cached else 'training'} {run.describe()}")
-        out.append(E.run(run.experiment, cfg, results_dir=results_root(results_dir)))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. labels: data, scale, seeds, device
-# ---------------------------------------------------------------------------------------------
-
-DATASET_LABELS = {
-    "cifar10": "CIFAR-10 (JPEG-75 copy)",
-    "cifar100": "CIFAR-100",
-    "synthetic": "synthetic 10-class data",
-}
 PAPER_DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+                 "synthetic": "synthetic 10-class data"}
+#: how the data fingerprint's variant reads in a label (ssvi.cifar.identify_variant)
+VARIANT_LABELS = {"jpeg75": "JPEG-75 copy", "generated": None}
 METHOD_LABELS = {"ssvi": "SSVI", "dense_vi": "dense VI (BNN)", "rigl": "RigL (deterministic)",
-                 "dense": "dense deterministic"}
+                 "dense": "dense deterministic", "vd": "VD (sparse variational dropout)",
+                 "sbp": "SBP (structured Bayesian pruning)",
+                 "aeb": "AEB (adaptive empirical Bayes)", "mbnn": "mBNN (masked BNN)"}
+#: the paper's Table 2 labels of the baselines -> our method names (ssvi.baselines)
+PAPER_METHODS = {"VD": "vd", "SBP": "sbp", "AEB": "aeb", "mBNN": "mbnn"}
 
 
 def method_label(config: dict) -> str:
@@ -320,9 +52,12 @@ def method_label(config: dict) -> str:
         for field, text in (("removal", "removal"), ("addition", "addition"),
                             ("allocation", "allocation")):
             if config[field] != getattr(default, field):
-                notes.append(f"{text} {config[field]}")
+                notes.append(f"{text} {config[field]}"
+                             + (f" K={config['addition_k']}" if config[field] == "mck" else ""))
         if config["regrow_sigma"] != default.regrow_sigma:
-            notes.append(f"regrown sigma {config['regrow_sigma_const']:g}")
+            notes.append(f"regrown sigma {config['regrow_sigma']}"
+                         + (f" {config['regrow_sigma_const']:g}"
+                            if config["regrow_sigma"] == "const" else ""))
     if config["method"] in ("ssvi", "dense_vi"):
         if config["sigma_init_mean"] != default.sigma_init_mean:
             notes.append(f"sigma0 mean {config['sigma_init_mean']:g}")
@@ -332,20 +67,23 @@ def method_label(config: dict) -> str:
 
 
 def dataset_label(record_or_name) -> str:
-    """'CIFAR-10 (JPEG-75 copy)', 'CIFAR-100' or 'synthetic 10-class data'.
-
-    CIFAR-10 in this project is the JPEG quality-75 re-encoded copy (shared/data); a result whose
-    ``data`` entry names another ``variant`` is labelled with it.
-    """
+    """'CIFAR-10 (JPEG-75 copy)', 'CIFAR-10 (unrecognised copy, sha256 1a2b3c4d)', 'CIFAR-100
+    (...)' or 'synthetic 10-class data', from a record's data fingerprint (the arrays the run
+    really used); a bare dataset name gives just the dataset."""
     if isinstance(record_or_name, str):
-        name, variant = record_or_name, None
-    else:
-        data = record_or_name.get("data") or {}
-        name = data.get("name") or record_or_name["config"]["dataset"]
-        variant = data.get("variant")
-    if variant:
-        return f"{PAPER_DATASET_LABELS.get(name, name)} ({variant})"
-    return DATASET_LABELS.get(name, name)
+        return DATASET_NAMES.get(record_or_name, record_or_name)
+    fp = record_or_name.get("data_fingerprint") or {}
+    name = fp.get("dataset") or record_or_name["config"]["dataset"]
+    base = DATASET_NAMES.get(name, name)
+    variant = fp.get("variant")
+    if variant is None:
+        return f"{base} (copy not recorded)"
+    text = VARIANT_LABELS.get(variant, f"{variant} copy")
+    if text is None:
+        return base
+    if variant not in VARIANT_LABELS and fp.get("sha256"):
+        text += f", sha256 {fp['sha256'][:8]}"
+    return f"{base} ({text})"
 
 
 def device_label(record) -> str:
@@ -355,6 +93,22 @@ def device_label(record) -> str:
     if dev.startswith("cuda"):
         return prov.get("device_name") or "GPU"
     return "CPU" if dev == "cpu" else dev
+
+
+def commit_label(record) -> str:
+    """The short commit a result was computed at, '+dirty' when the tree had changes, 'stale'
+    when today's code would compute it differently (:func:`ssvi.results.is_stale`)."""
+    prov = record.get("provenance") or {}
+    sha = prov.get("commit") or "unknown"
+    text = sha[:8] + ("+dirty" if prov.get("dirty") else "")
+    return text + (", stale" if _stale(record) else "")
+
+
+def _stale(record) -> bool:
+    if "_stale" in record:
+        return bool(record["_stale"])
+    from .results import is_stale
+    return is_stale(record)
 
 
 def _count(n: int) -> str:
@@ -384,15 +138,77 @@ def _setting(data, model, width, epochs, n_train, n_test, n_seeds, devices, pres
     return ", ".join(p for p in parts if p)
 
 
+def caption(records: Sequence[dict], prefix: str = "") -> str:
+    """The setting shared by ``records`` in one line (data, scale, seeds, devices), to state
+    once under a table or figure; several settings are joined with '; '."""
+    groups: dict[str, list] = {}
+    for r in records:
+        key = scale_label(r, n_seeds=0, devices=())
+        groups.setdefault(key, []).append(r)
+    parts = []
+    for rs in groups.values():
+        ok = [r for r in rs if not r.get("failed")] or rs
+        parts.append(scale_label(ok[0], n_seeds=len({r["config"]["seed"] for r in rs}),
+                                 devices={device_label(r) for r in rs}))
+    return prefix + "; ".join(parts)
+
+
 # ---------------------------------------------------------------------------------------------
-# 3. tables
+# 2. tables
 # ---------------------------------------------------------------------------------------------
+
+#: (section, key) of a results record -> the flat column :func:`flatten` puts it in
+SOURCES = {
+    ("metrics", "accuracy"): "accuracy",
+    ("metrics", "nll"): "nll",
+    ("metrics", "brier"): "brier",
+    ("metrics", "ece"): "ece",
+    ("metrics", "ece_release"): "ece_release",
+    ("metrics", "n"): "n_eval",
+    ("metrics", "samples"): "eval_draws",
+    ("parameters", "active_weights"): "active_weights",
+    ("parameters", "total_weights"): "total_weights",
+    ("parameters", "density"): "measured_density",
+    ("flops", "training_flops"): "training_flops",
+    ("flops", "dense_training_flops"): "dense_training_flops",
+    ("flops", "relative"): "flops_relative",
+    ("data", "n_train"): "n_train",
+    ("data", "n_test"): "n_test",
+    ("data_fingerprint", "dataset"): "dataset",
+    ("data_fingerprint", "variant"): "data_variant",
+    ("data_fingerprint", "sha256"): "data_sha256",
+    ("provenance", "commit"): "commit",
+    ("provenance", "dirty"): "dirty",
+    ("provenance", "device"): "device_type",
+    ("provenance", "device_name"): "device_name",
+    ("provenance", "torch"): "torch",
+    ("provenance", "wall_time_s"): "wall_time_s",
+    ("provenance", "seed"): "provenance_seed",
+}
+#: record fields a table does not show, and why (every other leaf of these sections is a column)
+NOT_SHOWN = {
+    ("parameters", "variational_params"): "counts behind active_weights",
+    ("parameters", "deterministic_weights"): "counts behind active_weights",
+    ("parameters", "other_params"): "BatchNorm and biases, not sparsified",
+    ("flops", "*"): "the terms of the FLOPs count (ssvi.flops); the totals are columns",
+    ("data", "name"): "the data fingerprint's dataset is the column",
+    ("data", "n_val"): "no validation split in the presets",
+    ("provenance", "torch_threads"): "machine detail",
+    ("provenance", "cpu_count"): "machine detail",
+    ("provenance", "cpu"): "machine detail (device_name on a CPU)",
+    ("provenance", "cuda_version"): "machine detail",
+    ("provenance", "python_version"): "machine detail",
+    ("provenance", "platform"): "machine detail",
+    ("provenance", "timestamp_utc"): "when, not what",
+    ("provenance", "*"): "further machine details",
+}
 
 METRICS = ("accuracy", "nll", "brier", "ece", "ece_release")
 NUMERIC = METRICS + ("accuracy_pct", "active_weights", "measured_sparsity_pct",
                      "training_flops", "dense_training_flops", "flops_relative", "wall_time_s")
 #: config fields that do not change what a run computes (left out of the seed-group key)
-_NOT_IN_KEY = ("seed", "progress", "run_dir", "results_path", "data_dir")
+_NOT_IN_KEY = ("seed", "progress", "run_dir", "results_path", "data_dir", "device", "fast",
+               "download")
 
 
 def config_key(config: dict) -> str:
@@ -402,76 +218,61 @@ def config_key(config: dict) -> str:
 
 
 def flatten(record: dict) -> dict:
-    """One flat row of a stored result: its configuration, metrics, counts, FLOPs, provenance."""
+    """One flat row of a stored result: configuration, every field of :data:`SOURCES`, labels."""
     cfg = record["config"]
-    m = record.get("metrics") or {}
-    params = record.get("parameters") or {}
-    flops = record.get("flops") or {}
-    prov = record.get("provenance") or {}
     path = record.get("_path")
     row = {
         "experiment": os.path.basename(os.path.dirname(path)) if path else None,
-        "run_id": os.path.splitext(os.path.basename(path))[0] if path else E.run_id(
-            TrainConfig.from_dict(cfg)),
+        "run_id": record.get("run_id") or (os.path.splitext(os.path.basename(path))[0]
+                                           if path else None),
         "preset": (cfg.get("extra") or {}).get("preset"),
         "dataset": cfg["dataset"],
+    }
+    for (section, key), column in SOURCES.items():
+        row[column] = (record.get(section) or {}).get(key, row.get(column))
+    row.update({
         "data": dataset_label(record),
-        "model": cfg["model"],
-        "width": cfg["width"],
-        "method": cfg["method"],
-        "method_label": method_label(cfg),
+        "model": cfg["model"], "width": cfg["width"],
+        "method": cfg["method"], "method_label": method_label(cfg),
         "density": cfg["density"],
-        "sparsity_pct": round(100.0 * (1.0 - cfg["density"]), 6),
-        "removal": cfg["removal"],
-        "addition": cfg["addition"],
-        "regrow_sigma": cfg["regrow_sigma"],
-        "regrow_sigma_const": cfg["regrow_sigma_const"],
-        "sigma_init_mean": cfg["sigma_init_mean"],
-        "kl_warmup": cfg["kl_warmup"],
-        "seed": cfg["seed"],
-        "epochs": cfg["epochs"],
-        "batch_size": cfg["batch_size"],
-        "n_train": (record.get("data") or {}).get("n_train"),
-        "n_test": (record.get("data") or {}).get("n_test"),
-        **{k: m.get(k) for k in METRICS},
-        "accuracy_pct": None if m.get("accuracy") is None else 100.0 * m["accuracy"],
+        # the target sparsity; a baseline without a target (VD, SBP, mBNN) has its measured one
+        "sparsity_pct": (round(100.0 * (1.0 - row["measured_density"]), 6)
+                         if _reached(cfg) and row.get("measured_density") is not None
+                         else round(100.0 * (1.0 - cfg["density"]), 6)),
+        **{k: cfg[k] for k in ("removal", "addition", "addition_k", "regrow_sigma",
+                               "regrow_sigma_const", "sigma_init_mean", "kl_warmup", "seed",
+                               "epochs", "batch_size")},
+        "accuracy_pct": None if row.get("accuracy") is None else 100.0 * row["accuracy"],
+        "measured_sparsity_pct": (None if row.get("measured_density") is None
+                                  else 100.0 * (1.0 - row["measured_density"])),
         "selection": record.get("selection"),
         "failed": bool(record.get("failed")),
-        "active_weights": params.get("active_weights"),
-        "total_weights": params.get("total_weights"),
-        "measured_sparsity_pct": (None if params.get("density") is None
-                                  else 100.0 * (1.0 - params["density"])),
-        "training_flops": flops.get("training_flops"),
-        "dense_training_flops": flops.get("dense_training_flops"),
-        "flops_relative": flops.get("relative"),
+        "stale": _stale(record),
         "device": device_label(record),
-        "wall_time_s": prov.get("wall_time_s"),
-        "commit": prov.get("git_commit"),
+        "commit_label": commit_label(record),
         "config_key": config_key(cfg),
         "setting": scale_label(record),
-    }
+    })
     return row
+
+
+def _reached(cfg: dict) -> bool:
+    """True for a Table 2 baseline whose sparsity is what its posterior reached (no target)."""
+    from .config import BASELINES
+    from .registry import TARGET_DENSITY_BASELINES
+    return cfg["method"] in BASELINES and cfg["method"] not in TARGET_DENSITY_BASELINES
 
 
 def results_table(records: Iterable[dict], columns: Sequence[str] | None = None):
     """A pandas DataFrame with one :func:`flatten` row per result (``columns``: keep these)."""
     import pandas as pd
     df = pd.DataFrame([flatten(r) for r in records])
-    if df.empty:
-        df = pd.DataFrame(columns=list(flatten_columns()))
     if columns is not None:
         missing = [c for c in columns if c not in df.columns]
-        if missing:
+        if missing and not df.empty:
             raise ValueError(f"unknown column(s) {missing}; available: {list(df.columns)}")
-        df = df[list(columns)]
+        df = df.reindex(columns=list(columns))
     return df
-
-
-def flatten_columns() -> tuple[str, ...]:
-    """The column names :func:`flatten` produces."""
-    cfg = TrainConfig()
-    rec = {"config": cfg.to_dict(), "metrics": {}, "data": {}, "_path": "x/y.json"}
-    return tuple(flatten(rec))
 
 
 def filter_records(records: Iterable[dict], **where) -> list[dict]:
@@ -497,7 +298,8 @@ def aggregate_seeds(df, by: Sequence[str] = ("config_key",), metrics: Sequence[s
 
     Groups by ``by`` (default: the whole configuration except the seed). Columns constant
     within a group are kept; each metric m becomes ``m`` (mean) and ``m_std``; ``n_seeds``,
-    ``seeds`` and ``devices`` are added and ``setting`` is relabelled with the seed count.
+    ``seeds``, ``devices`` and ``commit_label`` (the distinct commits) are added, ``stale`` is
+    True when any seed is stale, and ``setting`` is relabelled with the seed count.
     """
     import pandas as pd
     if df.empty:
@@ -516,6 +318,9 @@ def aggregate_seeds(df, by: Sequence[str] = ("config_key",), metrics: Sequence[s
         row["seeds"] = ",".join(str(s) for s in sorted(g["seed"]))
         devices = sorted(set(g["device"]))
         row["devices"] = " + ".join(devices)
+        row["commit_label"] = " / ".join(dict.fromkeys(g["commit_label"]))
+        row["stale"] = bool(g["stale"].any())
+        row["failed"] = int(g["failed"].sum())
         row["setting"] = _setting(first["data"], first["model"], first["width"],
                                   first["epochs"], _int(first["n_train"]), _int(first["n_test"]),
                                   len(g), devices, first["preset"])
@@ -541,14 +346,17 @@ def fmt_mean_std(mean, std=None, digits: int = 3, sci: bool = False) -> str:
 TABLE_COLUMNS = {
     "accuracy_pct": ("Accuracy (%)", 2, False),
     "nll": ("NLL", 3, False),
-    "ece": ("ECE (top-label L1)", 4, False),
-    "ece_release": ("ECE (release: marginal L2)", 4, False),
+    "ece": ("ECE, top-label L1 (%)", 2, False),
+    "ece_release": ("ECE, release: marginal L2 (%)", 2, False),
     "sparsity_pct": ("Sparsity (%)", 1, False),
     "measured_sparsity_pct": ("Sparsity, all weights (%)", 1, False),
     "active_weights": ("Active weights", 0, False),
     "training_flops": ("Training FLOPs", 2, True),
     "flops_relative": ("FLOPs rel. dense", 3, False),
 }
+
+#: columns stored as fractions that tables show in percent (mean and standard deviation x 100)
+PERCENT_COLUMNS = ("ece", "ece_release")
 
 # where each paper column goes in our table (paper ECE is the release's definition)
 _PAPER_TO_OURS = {
@@ -587,9 +395,11 @@ def paper_rows(table: str, dataset: str | None = None):
         ref = r.get("reference")
         ref = ref if isinstance(ref, str) else None
         method = r["method"] if isinstance(r["method"], str) else None
+        method = method or PAPER_METHODS.get(r["label"])
+        implemented = method is not None and method in METHODS
         row = {"source": f"paper ({origin})", "dataset": r["dataset"], "method": method,
                "method_label": (r["label"] + (f" ({ref})" if ref else "")
-                                + ("" if method else ", not implemented in ssvi")),
+                                + ("" if implemented else ", not implemented in ssvi")),
                "setting": PAPER_SETTING.format(data=PAPER_DATASET_LABELS[r["dataset"]],
                                                origin=origin)}
         for src, (dst, scale) in _PAPER_TO_OURS.items():
@@ -604,9 +414,10 @@ def paper_vs_ours(table: str, ours, columns: Sequence[str] | None = None,
                   datasets: Sequence[str] | None = None):
     """The paper's ``table`` next to our aggregated rows (:func:`aggregate_seeds`), formatted.
 
-    Every row has a ``Source`` ('paper (Table N)', quoted, or 'ours') and a 'Data, scale, seeds,
-    device' cell; numbers are never combined across sources. Rows are ordered by dataset, then
-    method/sparsity, the paper's row first.
+    Rows are ordered by dataset, then method/sparsity, the paper's row first; each says its
+    ``Source`` ('paper (Table N)', quoted, or 'ours'). Numbers are never combined across
+    sources. The setting of our rows goes in a caption (:func:`caption`), the paper's is stated
+    by :data:`PAPER_SETTING`.
     """
     import pandas as pd
     cols = list(columns or TABLE_COLUMNS)
@@ -627,8 +438,11 @@ def paper_vs_ours(table: str, ours, columns: Sequence[str] | None = None,
             rows.append(prow.to_dict())
             # ours right after the paper's row of the same method and sparsity
             for i, (_, orow) in enumerate(o.iterrows()):
-                same = (orow.get("method") == prow.get("method") and abs(
-                    orow.get("sparsity_pct", -1) - prow.get("sparsity_pct", -2)) < 1e-6)
+                # a baseline's row sits under the paper's row of the same method, SSVI's and
+                # dense VI's under the row of the same method and sparsity
+                same = orow.get("method") == prow.get("method") and (
+                    orow.get("method") in PAPER_METHODS.values() or abs(
+                        orow.get("sparsity_pct", -1) - prow.get("sparsity_pct", -2)) < 1e-6)
                 if not placed[i] and same:
                     rows.append(orow.to_dict())
                     placed[i] = True
@@ -638,20 +452,21 @@ def paper_vs_ours(table: str, ours, columns: Sequence[str] | None = None,
 
 
 def format_table(df, columns: Sequence[str] | None = None):
-    """Strings for display: 'mean ± std' per metric, plus Source / Method / setting columns."""
+    """Strings for display, numbers first: Method, then 'mean ± std' per metric of ``columns``,
+    then Source (when the rows have one), Data, Commit (with 'stale' when today's code would
+    compute the result differently) and Seeds."""
     import pandas as pd
     cols = list(columns or TABLE_COLUMNS)
     out = pd.DataFrame()
-    if "source" in df:
-        out["Source"] = df["source"].fillna("ours").values
-    out["Data, scale, seeds, device"] = df["setting"].values
     out["Method"] = df["method_label"].values
     for c in cols:
         heading, digits, sci = TABLE_COLUMNS[c]
         vals = []
+        factor = 100.0 if c in PERCENT_COLUMNS else 1.0
         for _, r in df.iterrows():
-            mean = r.get(c)
-            std = r.get(c + "_std")
+            mean, std = r.get(c), r.get(c + "_std")
+            mean = mean * factor if isinstance(mean, (int, float)) else mean
+            std = std * factor if isinstance(std, (int, float)) else std
             if mean is None or (isinstance(mean, float) and math.isnan(mean)):
                 vals.append("–")
             elif c == "active_weights":
@@ -660,4 +475,66 @@ def format_table(df, columns: Sequence[str] | None = None):
             else:
                 vals.append(fmt_mean_std(mean, std, digits, sci))
         out[heading] = vals
+
+    def cell(name, default="–"):
+        if name not in df:
+            return [default] * len(df)
+        return [default if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                for v in df[name].values]
+
+    if "source" in df:
+        out["Source"] = cell("source", "ours")
+    out["Data"] = [d if isinstance(d, str) else PAPER_DATASET_LABELS.get(ds, ds)
+                   for d, ds in zip(cell("data", None), cell("dataset", ""))]
+    out["Commit"] = cell("commit_label")
+    if "n_seeds" in df:
+        out["Seeds"] = [str(int(n)) if isinstance(n, (int, float)) and n == n else "–"
+                        for n in cell("n_seeds")]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. tables of the appendices and ablations
+# ---------------------------------------------------------------------------------------------
+
+def ablation_arm(config: dict) -> tuple[str, str]:
+    """(addition label, re-grown sigma label) of a Figure 3 run, e.g. ('2-step MC (mck)',
+    'mean of active σ')."""
+    add = {"mc1": "1-step MC (mc1)", "mean": "θ = μ (mean)"}.get(
+        config["addition"], f"{config['addition_k']}-step MC (mck)")
+    sig = ("mean of active σ" if config["regrow_sigma"] == "mean"
+           else f"const {config['regrow_sigma_const']:g}" if config["regrow_sigma"] == "const"
+           else "release: softplus(mean ρ)" if config["regrow_sigma"] == "mean_rho"
+           else config["regrow_sigma"])
+    return add, sig
+
+
+def shift_table(records: Iterable[dict]):
+    """One row per (run, corruption, severity) of the ``shift`` evaluation stored in each record
+    (``record["evaluations"]["shift"]``): method label, seed, and the metrics, accuracy in %."""
+    import pandas as pd
+    rows = []
+    for r in records:
+        ev = (r.get("evaluations") or {}).get("shift")
+        if ev is None:
+            raise ValueError(f"{r.get('_path', 'a record')} holds no shift evaluation; its run "
+                             "was not made by the appendix_shift artefact")
+        for row in ev["rows"]:
+            rows.append(dict(row, accuracy_pct=100.0 * row["accuracy"],
+                             method=method_label(r["config"]), seed=r["config"]["seed"]))
+    return pd.DataFrame(rows)
+
+
+def styled(df, caption: str | None = None, precision: int | None = None, index: bool = False):
+    """``df`` for display: no index column (unless ``index``), numbers at ``precision`` digits,
+    and ``caption`` (e.g. :func:`caption`'s shared setting) left-aligned under the table."""
+    style = df.style
+    if precision is not None:
+        style = style.format(precision=precision)
+    if not index:
+        style = style.hide(axis="index")
+    if caption:
+        style = style.set_caption(caption).set_table_styles(
+            [{"selector": "caption",
+              "props": "caption-side: bottom; text-align: left; font-size: 0.9em;"}])
+    return style

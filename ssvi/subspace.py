@@ -9,8 +9,8 @@ One :class:`SubspaceController` owns the masks of a model's sparse layers. It
   ``floor(n_active * r_t)`` active weights with the lowest removal score (eq. 6-8,
   :meth:`prune`), then add as many inactive positions with the largest addition score (eq. 9,
   :meth:`grow`);
-* initialises re-grown weights (mu = 0; sigma = mean active sigma of the tensor, or a constant,
-  Section 3.2) and clears their optimizer momentum.
+* initialises re-grown weights (mu = 0; sigma = mean active sigma of the tensor, the release's
+  softplus(mean active rho), or a constant, Section 3.2) and clears their optimizer momentum.
 
 Invariant kept for every sparse layer: inactive entries have ``mu == 0`` and ``rho == 0`` and zero
 optimizer state. The same controller runs deterministic RigL (removal ``abs_mu``, addition |grad|)
@@ -19,18 +19,29 @@ on layers built with ``deterministic=True``.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
 
 from . import criteria
+from .errors import ConfigError, DivergenceError
 from .layers import BayesLayer, bayes_layers, inverse_softplus, mode
 
 ALLOCATIONS = ("uniform", "erk")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
+class NonFiniteLossError(DivergenceError):
+    """The training loss became NaN or infinite (a :class:`ssvi.errors.DivergenceError`)."""
+
+
+# layer -> weak reference to the controller that owns its mask (one controller per layer)
+_OWNERS: "weakref.WeakKeyDictionary[BayesLayer, weakref.ref]" = weakref.WeakKeyDictionary()
+
+
+def _owner(layer: BayesLayer):
+    ref = _OWNERS.get(layer)
+    return None if ref is None else ref()
 
 
 def _check_density(density: float) -> float:
@@ -96,6 +107,22 @@ def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(scores, descending=True, stable=True).indices[:k]
 
 
+@torch.no_grad()
+def regrow_sigma_ratio(model: torch.nn.Module) -> dict[str, float]:
+    """Per sparse Bayesian layer, mean(sigma) / softplus(mean(rho)) over its active weights: how
+    much larger the paper's re-grown sigma (``regrow_sigma="mean"``) is than the release's
+    (``"mean_rho"``) in the model's current state. >= 1 by Jensen (softplus is convex); for
+    small sigma, softplus(mean rho) is close to the geometric mean of sigma."""
+    out = {}
+    for name, layer in bayes_layers(model):
+        if layer.rho is None or bool(layer.mask.all()) or not bool(layer.mask.any()):
+            continue
+        rho = layer.rho.double()[layer.mask]
+        out[name] = float(torch.nn.functional.softplus(rho).mean()
+                          / torch.nn.functional.softplus(rho.mean()))
+    return out
+
+
 class SubspaceController:
     """Keeps exact per-tensor densities and runs removal-and-addition updates (Algorithm 1)."""
 
@@ -110,15 +137,26 @@ class SubspaceController:
         if addition not in ("mc1", "mean", "mck"):
             raise ValueError(f"unknown addition criterion {addition!r}; choose one of "
                              "'mc1', 'mean', 'mck'")
-        if regrow_sigma not in ("mean", "const"):
-            raise ValueError(f"unknown regrow_sigma {regrow_sigma!r}; choose 'mean' or 'const'")
+        if regrow_sigma not in ("mean", "mean_rho", "const"):
+            raise ValueError(f"unknown regrow_sigma {regrow_sigma!r}; choose 'mean', 'mean_rho' "
+                             "or 'const'")
         if update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {update_every}")
+        alpha = float(alpha)
+        if not 0.0 <= alpha <= 1.0:  # also refuses NaN
+            raise ConfigError(f"alpha={alpha!r} must be in [0, 1]: the fraction of active weights "
+                             "replaced at the first update (alpha > 1 would make layers dense)")
         self.model = model
         self.layers = bayes_layers(model)
         if not self.layers:
             raise ValueError("SubspaceController: the model has no ssvi layers; "
                              "call ssvi.bayesianize(model) first")
+        taken = [n for n, l in self.layers if _owner(l) is not None]
+        if taken:
+            raise ConfigError(f"SubspaceController: layer {taken[0]!r} already belongs to another "
+                             "SubspaceController of this model; a second one would redraw the "
+                             "masks under the first. Keep using the first controller, or call "
+                             "its release() before creating a new one")
         deterministic = any(l.deterministic for _, l in self.layers)
         if deterministic and removal != "abs_mu":
             raise ValueError(f"removal criterion {removal!r} needs sigma; deterministic (RigL) "
@@ -139,6 +177,15 @@ class SubspaceController:
         self.n_updates = 0
         self.history: list[dict] = []
         self.init_masks(seed)
+        for _, layer in self.layers:
+            _OWNERS[layer] = weakref.ref(self)
+
+    def release(self) -> None:
+        """Give up the model's layers so that another controller may own them (this one must
+        not be used afterwards)."""
+        for _, layer in self.layers:
+            if _owner(layer) is self:
+                del _OWNERS[layer]
 
     # -- masks ------------------------------------------------------------------------------------
     @property
@@ -197,9 +244,13 @@ class SubspaceController:
                         step: int = -1) -> dict[str, torch.Tensor]:
         """|dL/dw| at every entry of every sparse tensor, w the masked mean weight (eq. 9).
 
-        ``loss_fn(k)`` returns the full training loss of Monte Carlo draw k (k = 0 is the current
-        minibatch). mc1: one draw in LRT mode; mean: one draw with theta = mu; mck: the mean of
-        |grad| over ``addition_k`` draws.
+        ``loss_fn(k)`` returns the training loss of Monte Carlo draw k (k = 0 is the current
+        minibatch). The gradient is taken with respect to w = mu * mask as used in the forward
+        pass, which the KL term (computed from mu and rho) does not involve: the score is the
+        gradient of the data term only, eq. 9's f_{theta,gamma}. (The authors' release
+        differentiates with respect to mu and so also adds the KL gradient through mu, which is
+        zero wherever mu = 0.) mc1: one draw in LRT mode; mean: one draw with theta = mu; mck:
+        the mean of |grad| over ``addition_k`` draws.
         """
         layers = self.sparse_layers
         draws = self.addition_k if self.addition == "mck" else 1
@@ -227,8 +278,14 @@ class SubspaceController:
 
     @torch.no_grad()
     def _regrow_rho(self, layer: BayesLayer, kept: torch.Tensor) -> torch.Tensor:
+        """rho of re-grown weights (Section 3.2): "mean": softplus^-1 of the mean sigma of the
+        tensor's kept active weights (the paper's description); "mean_rho": the mean rho of those
+        weights (the authors' release), i.e. sigma = softplus(mean rho) <= mean sigma (Jensen,
+        softplus convex); "const": softplus^-1(regrow_sigma_const)."""
         if self.regrow_sigma == "const" or not kept.any():
             sigma = torch.tensor(self.regrow_sigma_const, dtype=torch.float64)
+        elif self.regrow_sigma == "mean_rho":
+            return layer.rho.double()[kept].mean().to(layer.rho.dtype)
         else:
             sigma = layer.sigma.double()[kept].mean()
         # a kept sigma that underflowed to 0 would give rho = -inf; 1e-30 keeps rho finite

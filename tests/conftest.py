@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssvi.data import make_synthetic, write_fake_cifar
+from fakes import write_fake_cifar
+from ssvi.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="session")

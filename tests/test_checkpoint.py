@@ -217,3 +217,36 @@ def test_unsafe_objects_get_a_clear_message(tmp_path):
     with pytest.raises(CheckpointError, match="safe loader.*weights_only=False"):
         load_checkpoint(tmp_path / "c.pt")
     assert isinstance(load_checkpoint(tmp_path / "c.pt", weights_only=False)["obj"], NotAllowed)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_respect_the_umask(tmp_path, umask):
+    """Checkpoints and JSON files are created like open() creates them (0666 less the umask),
+    not 0600 as a mkstemp temp file would be."""
+    old = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "c.pt", {"step": 1})
+        atomic_write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ("c.pt", "r.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_temp_files_of_a_killed_write_are_found_and_removed(tmp_path):
+    target = tmp_path / "checkpoint.pt"
+    save_checkpoint(target, {"step": 1})
+    left = [tmp_path / ".checkpoint.pt.123-abcd.tmp", tmp_path / "checkpoint.pt.tmp"]
+    for p in left:
+        p.write_bytes(b"half a checkpoint")       # what a kill -9 during a write leaves
+    (tmp_path / ".other.json.1-ff.tmp").write_bytes(b"{")    # another file's: not ours
+    assert ckpt.stale_temp_files(target) == sorted(left)
+    assert ckpt.remove_stale_temp_files(target) == sorted(left)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.1-ff.tmp", "checkpoint.pt"]
+    assert load_checkpoint(target) == {"step": 1}
+    assert ckpt.stale_temp_files(tmp_path / "absent" / "x.pt") == []
+
+
+def test_checkpoint_error_is_an_ssvi_error():
+    from ssvi.errors import CheckpointError as Base, SSVIError
+    assert CheckpointError is Base and issubclass(CheckpointError, SSVIError)

@@ -202,3 +202,15 @@ def test_load_cifar10c_errors(tmp_path, monkeypatch):
     np.save(tmp_path / "CIFAR-10-C" / "fog.npy", np.zeros((7, 32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="damaged"):
         load_cifar10c(tmp_path, "fog", 1)
+
+
+def test_load_cifar10c_default_folder_is_the_one_data_folder(tmp_path, monkeypatch):
+    """root=None is ssvi.cifar.data_root(): $SSVI_DATA, else <repository>/data, never the cwd."""
+    from ssvi.cifar import data_root
+    _fake_cifar10c(tmp_path / "data" / "CIFAR-10-C")
+    monkeypatch.delenv("SSVI_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # ./data/CIFAR-10-C exists here, but is not the data folder
+    if (data_root() / "CIFAR-10-C" / "fog.npy").is_file():
+        pytest.skip("the repository's data folder holds CIFAR-10-C")
+    with pytest.raises(FileNotFoundError, match=str(data_root() / "CIFAR-10-C")):
+        load_cifar10c(None, "fog", 1)

@@ -115,7 +115,6 @@ def test_h_loses_digits_at_moderate_a_but_scores_do_not():
     normal = np.array([float(r) > 1e-290 for r in h_ref])  # below that h is subnormal / zero
     err_h = rel_err(h, h_ref)[normal]
     assert err_h.max() < 1e-9, err_h.max()
-    assert err_h.max() > 1e-15  # the loss is real (this test would notice a better h)
     sigma = torch.full_like(a, 0.01)
     mu = a * sigma
     refs = [mp_reference(m, s, 1.0) for m, s in zip(mu.tolist(), sigma.tolist())]

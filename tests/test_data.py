@@ -1,6 +1,9 @@
-"""ssvi.data: reading the official CIFAR layouts, splits, the synthetic set and the loader."""
+"""The data modules: ssvi.cifar (reading the official CIFAR layouts safely, the data folder, the
+variant), ssvi.synthetic, and ssvi.loader (splits, the loader and its shards, the fingerprint)."""
 from __future__ import annotations
 
+import dataclasses
+import os
 import pickle
 import shutil
 
@@ -9,10 +12,17 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-import ssvi.data as data
+import ssvi.cifar as cifar
+import ssvi.loader as loader_mod
+from fakes import write_fake_cifar
+from ssvi.cifar import (CIFAR10_MEAN, CIFAR10_STD, data_root, dataset_available, identify_variant,
+                        load_cifar)
 from ssvi.config import TrainConfig
-from ssvi.data import (CIFAR10_MEAN, CIFAR10_STD, GPULoader, crop_flip, load_cifar, load_dataset,
-                       make_loaders, make_synthetic, split_train, write_fake_cifar)
+from ssvi.errors import DataError
+from ssvi.loader import (Loader, crop_flip, data_fingerprint, load_dataset, make_loaders,
+                         split_train)
+from ssvi.paths import repo_dir
+from ssvi.synthetic import make_synthetic
 
 
 # -- reading the official layout -------------------------------------------------------------------
@@ -43,8 +53,10 @@ def test_fake_cifar10_has_the_official_layout_and_reads_back(fake_cifar10_root):
     assert ds.mean == CIFAR10_MEAN and ds.std == CIFAR10_STD
 
 
-def test_reads_python3_pickles_with_bytes_keys(tmp_path):
-    """A hand-made batch pickled by Python 3 (bytes keys as BINBYTES): pixel positions checked."""
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_reads_python3_pickles_with_bytes_keys(tmp_path, protocol):
+    """A hand-made batch pickled by Python 3 (bytes keys; protocol 2 pickles them through
+    _codecs.encode, protocol 5 arrays through numpy's _frombuffer): pixel positions checked."""
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     img = np.zeros((3, 32, 32), np.uint8)
@@ -53,7 +65,7 @@ def test_reads_python3_pickles_with_bytes_keys(tmp_path):
     img[2, 31, 0] = 7   # blue, last row, column 0
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / name, "wb") as f:
-            pickle.dump({b"data": img.reshape(1, 3072), b"labels": [3]}, f, protocol=4)
+            pickle.dump({b"data": img.reshape(1, 3072), b"labels": [3]}, f, protocol=protocol)
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [b"c%d" % i for i in range(10)]}, f)
     ds = load_cifar("cifar10", tmp_path)
@@ -69,7 +81,7 @@ def test_fake_cifar100(fake_cifar100_root):
         raw = pickle.load(f, encoding="bytes")
     assert ds.y_train.tolist() == raw[b"fine_labels"]
     assert raw[b"coarse_labels"] != raw[b"fine_labels"]  # the fine labels are the ones read
-    assert ds.mean == data.CIFAR100_MEAN and ds.std == data.CIFAR100_STD
+    assert ds.mean == cifar.CIFAR100_MEAN and ds.std == cifar.CIFAR100_STD
 
 
 def test_data_dir_resolution(fake_cifar10_root, tmp_path, monkeypatch):
@@ -78,8 +90,9 @@ def test_data_dir_resolution(fake_cifar10_root, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError):
         load_dataset("cifar10", data_dir=tmp_path)              # the argument wins
     monkeypatch.delenv("SSVI_DATA")
-    monkeypatch.chdir(tmp_path)
-    assert data.resolve_data_dir().resolve() == (tmp_path / "data").resolve()
+    monkeypatch.chdir(tmp_path)  # not the working directory: the repository's data folder
+    assert data_root() == repo_dir() / "data"
+    assert data_root(tmp_path) == tmp_path
 
 
 def test_missing_data_message_says_how_to_provide_it(tmp_path, monkeypatch):
@@ -87,6 +100,7 @@ def test_missing_data_message_says_how_to_provide_it(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as err:
         load_dataset("cifar10", tmp_path)
     msg = str(err.value)
+    assert "\n" not in msg and isinstance(err.value, DataError)  # one line, shown by the CLI
     for needle in (str(tmp_path / "cifar-10-batches-py"), "SSVI_DATA", "data_dir",
                    "download=True", "internet",
                    "python ../shared/data/cifar10-jpeg75/make_cifar10.py data", "JPEG"):
@@ -99,7 +113,7 @@ def test_download_failure_and_success_paths(tmp_path, monkeypatch):
     def offline(kind, root):
         raise OSError("no route to host")
 
-    monkeypatch.setattr(data, "_download", offline)
+    monkeypatch.setattr(cifar, "_download", offline)
     with pytest.raises(FileNotFoundError, match="no route to host"):
         load_dataset("cifar10", tmp_path, download=True)
     calls = []
@@ -108,7 +122,7 @@ def test_download_failure_and_success_paths(tmp_path, monkeypatch):
         calls.append(kind)
         write_fake_cifar(root, kind, n_train=10, n_test=5)
 
-    monkeypatch.setattr(data, "_download", fake_download)
+    monkeypatch.setattr(cifar, "_download", fake_download)
     assert len(load_dataset("cifar10", tmp_path, download=True).x_train) == 10
     assert len(load_dataset("cifar10", tmp_path, download=True).x_train) == 10
     assert calls == ["cifar10"]  # present data is not downloaded again
@@ -126,8 +140,9 @@ def test_corrupt_pickle_is_named(fake_cifar10_root, tmp_path, damage):
         path.write_bytes(b"not a pickle at all" * 10)
     else:
         path.write_bytes(pickle.dumps([1, 2, 3]))
-    with pytest.raises(ValueError, match="data_batch_3"):
+    with pytest.raises(DataError, match="data_batch_3") as err:
         load_cifar("cifar10", root)
+    assert "\n" not in str(err.value) and "recreate" in str(err.value)
 
 
 def test_unknown_dataset():
@@ -187,7 +202,7 @@ def test_loader_normalisation_order_and_sizes():
     n = 10
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     y = torch.arange(n)
-    loader = GPULoader(x, y, 4, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    loader = Loader(x, y, 4, mean=CIFAR10_MEAN, std=CIFAR10_STD)
     assert len(loader) == 3 and loader.num_samples == n
     batches = list(loader)
     assert [len(b[1]) for b in batches] == [4, 4, 2]
@@ -198,8 +213,8 @@ def test_loader_normalisation_order_and_sizes():
     torch.testing.assert_close(xs, (x.double() / 255 - mean.double()).div(std.double()).float(),
                                atol=1e-5, rtol=1e-5)
     assert torch.equal(torch.cat([b[1] for b in batches]), y)
-    assert len(GPULoader(x, y, 4, drop_last=True)) == 2
-    cl = next(iter(GPULoader(x, y, 4, channels_last=True)))[0]
+    assert len(Loader(x, y, 4, drop_last=True)) == 2
+    cl = next(iter(Loader(x, y, 4, channels_last=True)))[0]
     assert cl.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -214,7 +229,7 @@ def _indexed_images(n):
 
 def test_loader_epochs_are_seeded_permutations_independent_of_history():
     x, y = _indexed_images(300)
-    loader = GPULoader(x, y, 64, shuffle=True, seed=3)
+    loader = Loader(x, y, 64, shuffle=True, seed=3)
 
     def order(epoch, ld=loader):
         return torch.cat([b for _, b in ld.epoch_batches(epoch)])
@@ -225,7 +240,7 @@ def test_loader_epochs_are_seeded_permutations_independent_of_history():
     _ = order(0), order(1), order(5)
     assert torch.equal(order(2), first)                  # same epoch, any history
     assert not torch.equal(order(3), first)              # epochs differ
-    assert not torch.equal(order(2, GPULoader(x, y, 64, shuffle=True, seed=4)), first)
+    assert not torch.equal(order(2, Loader(x, y, 64, shuffle=True, seed=4)), first)
     # labels travel with their images
     for xb, yb in loader.epoch_batches(1):
         assert torch.equal(torch.round(xb[:, 0, 0, 0] * 255).long() + 256 * torch.round(
@@ -238,7 +253,7 @@ def test_augmentation_is_deterministic_and_well_distributed():
     g = torch.Generator().manual_seed(1)
     x = torch.randint(1, 256, (512, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.zeros(512, dtype=torch.long)
-    loader = GPULoader(x, y, 128, shuffle=True, augment=True, seed=0)
+    loader = Loader(x, y, 128, shuffle=True, augment=True, seed=0)
     a = torch.cat([b for b, _ in loader.epoch_batches(4)])
     list(loader.epoch_batches(0))
     assert torch.equal(torch.cat([b for b, _ in loader.epoch_batches(4)]), a)
@@ -252,11 +267,11 @@ def test_augmentation_is_deterministic_and_well_distributed():
 
 def test_loader_rejects_bad_input():
     with pytest.raises(ValueError, match="uint8"):
-        GPULoader(torch.zeros(4, 3, 32, 32), torch.zeros(4), 2)
+        Loader(torch.zeros(4, 3, 32, 32), torch.zeros(4), 2)
     with pytest.raises(ValueError, match="labels"):
-        GPULoader(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(3), 2)
+        Loader(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(3), 2)
     with pytest.raises(ValueError, match="batch_size"):
-        GPULoader(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4), 0)
+        Loader(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4), 0)
 
 
 # -- make_loaders ----------------------------------------------------------------------------------
@@ -283,3 +298,166 @@ def test_make_loaders_synthetic():
     cfg = TrainConfig(dataset="synthetic", train_subset=100, test_subset=50, device="cpu")
     d = make_loaders(cfg, device="cpu")
     assert d.name == "synthetic" and d.n_train == 100 and d.test.num_samples == 50
+
+
+# -- the restricted unpickler (issue 9, item 8) ----------------------------------------------------
+class _Call:
+    """Pickles as a call of ``fn(*args)`` (what a crafted batch can ask the unpickler to do)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _crafted_root(fake_cifar10_root, tmp_path, payload):
+    root = tmp_path / "copy"
+    shutil.copytree(fake_cifar10_root, root)
+    path = root / "cifar-10-batches-py" / "data_batch_1"
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="bytes")
+    entry[b"batch_label"] = payload
+    with open(path, "wb") as f:
+        pickle.dump(entry, f, protocol=2)
+    return root
+
+
+@pytest.mark.parametrize("how", ["os.system", "eval", "object_array"])
+def test_crafted_batch_is_refused_and_nothing_runs(fake_cifar10_root, tmp_path, how):
+    marker = tmp_path / "pwned"
+    if how == "os.system":
+        payload = _Call(os.system, f"touch {marker}")
+    elif how == "eval":
+        payload = _Call(eval, f"open({str(marker)!r}, 'w').close()")
+    else:  # an object array could hold anything; the official files never have one
+        payload = np.array([1, "x"], dtype=object)
+    root = _crafted_root(fake_cifar10_root, tmp_path, payload)
+    with pytest.raises(DataError, match="data_batch_1") as err:
+        load_cifar("cifar10", root)
+    assert "refused" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()  # the callable was never called
+
+
+def test_the_restricted_reader_still_reads_a_plain_python_pickle(fake_cifar10_root, tmp_path):
+    root = _crafted_root(fake_cifar10_root, tmp_path, "training batch 1 of 5, re-pickled")
+    assert np.array_equal(load_cifar("cifar10", root).x_train,
+                          load_cifar("cifar10", fake_cifar10_root).x_train)
+
+
+# -- which copy, and the data fingerprint ----------------------------------------------------------
+def test_identify_variant_of_fakes_and_generated_data(fake_cifar10_root):
+    assert identify_variant("cifar10", load_cifar("cifar10", fake_cifar10_root).x_train) \
+        == "unrecognised"
+    assert identify_variant("synthetic", make_synthetic(10, 10).x_train) == "generated"
+    full_size = np.zeros((50000, 3, 32, 32), np.uint8)  # the right shape is not enough
+    assert identify_variant("cifar10", full_size) == "unrecognised"
+
+
+def test_identify_variant_recognises_the_jpeg75_copy_only(monkeypatch):
+    """The copy made by make_cifar10.py (it writes PROVENANCE.txt) is "jpeg75"; any other
+    CIFAR-10, e.g. the original, differs somewhere and is "unrecognised"."""
+    monkeypatch.delenv("SSVI_DATA", raising=False)
+    if not (data_root() / "cifar-10-batches-py" / "PROVENANCE.txt").is_file():
+        pytest.skip(f"no JPEG-75 copy (made by make_cifar10.py) in {data_root()}")
+    x = load_cifar("cifar10").x_train
+    assert identify_variant("cifar10", x) == "jpeg75"
+    other = x.copy()
+    other[123, 1, 4, 5] ^= 1
+    assert identify_variant("cifar10", other) == "unrecognised"
+    assert identify_variant("cifar100", x) == "unrecognised"
+
+
+def _cfg(root, **kw):
+    return TrainConfig(**{**dict(dataset="cifar10", data_dir=str(root), device="cpu"), **kw})
+
+
+def test_fingerprint_hashes_the_arrays_used(tmp_path, monkeypatch):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    write_fake_cifar(a, "cifar10", n_train=40, n_test=20, seed=0)
+    write_fake_cifar(b, "cifar10", n_train=40, n_test=20, seed=1)  # same shapes, other pixels
+    fa = data_fingerprint(_cfg(a))
+    assert set(fa) == {"dataset", "variant", "sha256"}
+    assert (fa["dataset"], fa["variant"]) == ("cifar10", "unrecognised")
+    assert len(fa["sha256"]) == 64
+    assert data_fingerprint(_cfg(a)) == fa
+    assert data_fingerprint(_cfg(b))["sha256"] != fa["sha256"]
+    assert data_fingerprint(_cfg(a, train_subset=30))["sha256"] != fa["sha256"]
+    assert data_fingerprint(_cfg(a, val_size=5))["sha256"] != fa["sha256"]
+    assert data_fingerprint(_cfg(a, test_subset=10))["sha256"] != fa["sha256"]
+    # the arrays, not where they are: a copy of the folder has the same fingerprint
+    shutil.copytree(a, tmp_path / "c")
+    assert data_fingerprint(_cfg(tmp_path / "c")) == fa
+    # a built Data holds the same dict, for the arrays in its loaders
+    d = make_loaders(_cfg(a, train_subset=30, val_size=5, test_subset=10))
+    assert d.fingerprint == data_fingerprint(_cfg(a, train_subset=30, val_size=5, test_subset=10))
+    synth = data_fingerprint(TrainConfig(dataset="synthetic", train_subset=100, device="cpu"))
+    assert synth["variant"] == "generated" and synth["dataset"] == "synthetic"
+
+
+def test_fingerprint_loads_each_dataset_once(tmp_path, monkeypatch):
+    write_fake_cifar(tmp_path, "cifar10", n_train=40, n_test=20, seed=2)
+    calls = []
+    real = loader_mod.load_cifar
+
+    def counting(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(loader_mod, "load_cifar", counting)
+    cfgs = [_cfg(tmp_path, train_subset=n, seed=s) for n in (10, 20, 30) for s in (0, 1, 2)]
+    prints = [data_fingerprint(c) for c in cfgs]
+    assert len(calls) == 1
+    assert len({p["sha256"] for p in prints}) == 3  # the seed does not change the data
+    assert data_fingerprint(dataclasses.replace(cfgs[0], train_subset=35)) != prints[0]
+    assert len(calls) == 1
+
+
+# -- shards ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n, batch, world", [(120, 24, 3), (100, 20, 2), (98, 8, 4), (99, 8, 2)])
+def test_shards_are_disjoint_and_cover_the_epoch(n, batch, world):
+    x, y = _indexed_images(n)
+    full = Loader(x, y, batch, shuffle=True, augment=True, seed=5)
+    shards = [Loader(x, y, batch, shuffle=True, augment=True, seed=5, shard=(r, world))
+              for r in range(world)]
+    parts = [list(s.epoch_batches(3)) for s in shards]
+    assert all(len(s) == len(p) for s, p in zip(shards, parts))
+    seen = [torch.cat([yb for _, yb in p]) for p in parts]
+    for a in range(world):
+        for b in range(a + 1, world):
+            assert not set(seen[a].tolist()) & set(seen[b].tolist())  # disjoint
+    # batch by batch, the shards concatenate to the unsharded batch (images and augmentation),
+    # less the last size % world images of a final partial batch
+    expected = []
+    for i, (xb, yb) in enumerate(full.epoch_batches(3)):
+        keep = len(yb) // world * world
+        expected.append(yb[:keep])
+        if keep:
+            assert torch.equal(torch.cat([p[i][0] for p in parts]), xb[:keep])
+            assert torch.equal(torch.cat([p[i][1] for p in parts]), yb[:keep])
+    assert sorted(torch.cat(seen).tolist()) == sorted(torch.cat(expected).tolist())
+    if n % batch == 0:
+        assert sorted(torch.cat(seen).tolist()) == list(range(n))  # every image exactly once
+    whole = full.random_batch(torch.Generator().manual_seed(9))
+    got = [s.random_batch(torch.Generator().manual_seed(9)) for s in shards]
+    for k in (0, 1):
+        assert torch.equal(torch.cat([g[k] for g in got]), whole[k])
+
+
+def test_shard_option_is_checked():
+    x, y = _indexed_images(8)
+    with pytest.raises(ValueError, match="divisible"):
+        Loader(x, y, 4, shard=(0, 3))
+    with pytest.raises(ValueError, match="rank"):
+        Loader(x, y, 4, shard=(2, 2))
+
+
+def test_dataset_available_needs_every_official_file(fake_cifar10_root, tmp_path):
+    assert dataset_available("cifar10", fake_cifar10_root)
+    assert not dataset_available("cifar100", fake_cifar10_root)
+    assert dataset_available("synthetic", tmp_path)
+    root = tmp_path / "copy"
+    shutil.copytree(fake_cifar10_root, root)
+    (root / "cifar-10-batches-py" / "test_batch").unlink()
+    assert not dataset_available("cifar10", root)  # a partial folder is not the dataset

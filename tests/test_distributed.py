@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssvi.distributed import AllReduceBatchNorm, ShardedLoader, convert_batchnorm, init_distributed
+from ssvi.distributed import AllReduceBatchNorm, convert_batchnorm, init_distributed
 
 WORKER = textwrap.dedent('''
     import hashlib, json, os, sys
@@ -132,15 +132,27 @@ def test_single_process_context_is_a_no_op(monkeypatch):
 
 
 def test_sharded_loader_splits_each_global_batch(synthetic_small):
-    from ssvi.data import GPULoader
+    from ssvi.loader import Loader
     ds = synthetic_small
-    full = GPULoader(ds.x_train[:100], ds.y_train[:100], 20, shuffle=True, augment=True, seed=3)
-    shards = [ShardedLoader(full, r, 2) for r in range(2)]
+    full = Loader(ds.x_train[:100], ds.y_train[:100], 20, shuffle=True, augment=True, seed=3)
+    shards = [full.sharded(r, 2) for r in range(2)]
     for (x, y), (x0, y0), (x1, y1) in zip(full.epoch_batches(1), shards[0].epoch_batches(1),
                                           shards[1].epoch_batches(1)):
         assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
     with pytest.raises(ValueError, match="divisible"):
-        ShardedLoader(full, 0, 3)
+        full.sharded(0, 3)
+
+
+def test_shard_data_gives_each_rank_its_shard(synthetic_small):
+    from ssvi.distributed import DistContext
+    from ssvi.loader import Data, Loader
+    ds = synthetic_small
+    full = Loader(ds.x_train[:40], ds.y_train[:40], 8, shuffle=True, seed=1)
+    data = Data(full, None, full, 10, 40, ds.class_names, "synthetic")
+    part = DistContext(rank=1, world_size=2).shard_data(data)
+    assert part.test is full and (part.train.rank, part.train.world_size) == (1, 2)
+    assert torch.equal(torch.cat([y for _, y in part.train.epoch_batches(0)]),
+                       torch.cat([y[4:] for _, y in full.epoch_batches(0)]))
 
 
 def test_allreduce_batchnorm_is_batchnorm_in_one_process():

@@ -11,6 +11,7 @@ import torch._inductor.config as inductor_config
 from ssvi import fast
 from ssvi.config import TrainConfig
 from ssvi.layers import bayes_layers, set_mode
+from ssvi.loop import train_epoch
 from ssvi.metrics import predict_probs
 from ssvi.models import build_model
 from ssvi.subspace import SubspaceController
@@ -35,20 +36,34 @@ def _controller(model, cfg, optimizer, addition="mc1"):
 
 
 def _run(model, cfg, step_fn, optimizer, controller, batches, kl_coefs):
-    """The trainer's inner loop: a subspace update on update steps, an SGD step otherwise.
-    The RNG is reseeded before every step so both paths see the same LRT noise."""
+    """The trainer's epoch function (ssvi.loop.train_epoch): a subspace update on update steps,
+    an SGD step otherwise, one call per run of equal kl_coef. The RNG is reseeded before every
+    step so both paths see the same LRT noise."""
+    from ssvi.layers import kl
     losses, masks_after_update = [], []
-    for step, ((x, y), kl_coef) in enumerate(zip(batches, kl_coefs)):
-        torch.manual_seed(1000 + step)
-        if controller.is_update_step(step):
-            def loss_fn(k, x=x, y=y, kl_coef=kl_coef):
-                from ssvi.layers import kl
-                return (torch.nn.functional.cross_entropy(model(x), y)
-                        + kl_coef * kl(model))
-            controller.update(step, loss_fn)
-            masks_after_update.append([l.mask.clone() for _, l in bayes_layers(model)])
-        else:
-            losses.append(step_fn(x, y, kl_coef))
+
+    def update_loss(x, y, step, kl_coef):
+        def loss_fn(k):
+            return torch.nn.functional.cross_entropy(model(x), y) + kl_coef * kl(model)
+        return loss_fn
+
+    def step_and_keep(x, y, kl_coef):
+        loss = step_fn(x, y, kl_coef)
+        losses.append(loss)
+        return loss
+
+    start = 0
+    while start < len(batches):
+        end = start
+        while end < len(batches) and kl_coefs[end] == kl_coefs[start]:
+            end += 1
+        k = kl_coefs[start]
+        train_epoch(batches[start:end], step_and_keep, k, step=start, controller=controller,
+                    update_loss=lambda x, y, t, k=k: update_loss(x, y, t, k),
+                    before_step=lambda t: torch.manual_seed(1000 + t),
+                    after_update=lambda c, t, stats: masks_after_update.append(
+                        [l.mask.clone() for _, l in bayes_layers(model)]))
+        start = end
     return torch.stack(losses), masks_after_update
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssvi.data import GPULoader
+from ssvi.loader import Loader
 from ssvi.layers import bayes_layers, inverse_softplus, set_mode
 from ssvi.metrics import (accuracy, brier, ece, ece_release, evaluate, nll, predict_probs,
                           reliability_bins, sampled_weights)
@@ -166,7 +166,7 @@ def _inputs(n=12, seed=0):
 
 
 def _loader(x, bs=4):
-    return GPULoader(x, torch.arange(len(x)) % 10, bs)
+    return Loader(x, torch.arange(len(x)) % 10, bs)
 
 
 def test_sigma_to_zero_every_sample_is_the_mean_prediction():
@@ -266,25 +266,33 @@ def test_predict_rejects_augmenting_loaders_and_bad_arguments():
     model = _model(sigma=0.05)
     x = _inputs(4)
     with pytest.raises(ValueError, match="augment"):
-        predict_probs(model, GPULoader(x, torch.zeros(4), 2, augment=True))
+        predict_probs(model, Loader(x, torch.zeros(4), 2, augment=True))
     with pytest.raises(ValueError, match="mode"):
         predict_probs(model, _loader(x), mode="lrt")
     with pytest.raises(ValueError, match="samples"):
         predict_probs(model, _loader(x), samples=0)
 
 
-def test_evaluate_reports_all_metrics():
-    model = _model(sigma=0.05)
-    loader = _loader(_inputs(20))
-    out = evaluate(model, loader, samples=2, seed=0)
-    probs, labels = predict_probs(model, loader, samples=2, seed=0)
-    assert out["accuracy"] == pytest.approx(accuracy(probs, labels))
-    assert out["nll"] == pytest.approx(nll(probs, labels))
-    assert out["brier"] == pytest.approx(brier(probs, labels))
-    assert out["ece"] == pytest.approx(ece(probs, labels))
-    assert out["ece_release"] == pytest.approx(ece_release(probs, labels))
-    assert sum(out["reliability"]["count"]) == 20
-    assert (out["samples"], out["mode"], out["n"]) == (2, "sample", 20)
+def test_evaluate_scores_the_predictive_against_the_labels():
+    """With sigma -> 0 every posterior draw is the mean network, so evaluate's metrics are those
+    of one plain forward pass of it: labels equal to its argmax score accuracy 1, shifted labels
+    accuracy 0, and the NLL is the mean -log softmax at the labels."""
+    model = _model(sigma=1e-12)
+    x = _inputs(20)
+    set_mode(model, "mean")
+    with torch.no_grad():
+        p = torch.softmax(model(x.float() / 255.0), -1).double()
+    set_mode(model, "lrt")
+    pred = p.argmax(-1)
+    right = evaluate(model, Loader(x, pred, 4), samples=3, seed=0)
+    wrong = evaluate(model, Loader(x, (pred + 1) % 10, 4), samples=3, seed=0)
+    assert right["accuracy"] == 1.0 and wrong["accuracy"] == 0.0
+    assert right["nll"] == pytest.approx(-torch.log(p[torch.arange(20), pred]).mean().item(),
+                                         rel=1e-6)
+    assert wrong["nll"] > right["nll"] and wrong["brier"] > right["brier"]
+    assert (right["samples"], right["mode"], right["n"]) == (3, "sample", 20)
+    assert sum(right["reliability"]["count"]) == 20
+    loader = _loader(x)
     # a deterministic network needs a single pass
     det = build_model("mlp", width=0.05, bayesian=False, masked=False)
     a = predict_probs(det, loader, samples=4)[0]

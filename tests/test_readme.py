@@ -31,3 +31,12 @@ def test_readme_python_examples_run():
             assert torch.allclose(probs.sum(-1), torch.ones(128), atol=1e-5)
             for _, layer in ssvi.bayes_layers(model):
                 assert not layer.mu[~layer.mask].any()
+
+
+def test_layout_table_names_files_that_exist():
+    """Every path in the README's layout table (| `path` | job |) exists in the repository."""
+    rows = re.findall(r"^\| (.+?) \|", README.read_text(), flags=re.M)
+    paths = [p for row in rows for p in re.findall(r"`([^`]+)`", row)]
+    assert any(p.startswith("ssvi/") for p in paths), "README.md lost its layout table"
+    missing = [p for p in paths if not (README.parent / p).exists()]
+    assert not missing, f"README's layout table names missing paths: {missing}"

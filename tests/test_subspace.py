@@ -275,7 +275,7 @@ def known_layer(regrow_sigma="mean"):
     return net, layer, opt, ctrl, loss_fn
 
 
-@pytest.mark.parametrize("regrow_sigma", ["mean", "const"])
+@pytest.mark.parametrize("regrow_sigma", ["mean", "mean_rho", "const"])
 def test_update_drops_lowest_scores_and_grows_largest_gradients(regrow_sigma):
     net, layer, opt, ctrl, loss_fn = known_layer(regrow_sigma)
     assert ctrl.targets == {"0": 10}
@@ -307,7 +307,8 @@ def test_update_drops_lowest_scores_and_grows_largest_gradients(regrow_sigma):
     assert momentum(opt, layer.mu).flatten()[6] == 1 and momentum(opt, layer.rho).flatten()[6] == 1
     # born: mu = 0, sigma = mean sigma over the kept active entries (not 6, 2, 16), momentum 0
     kept = [0, 4, 8, 10, 12, 14, 18]
-    want = F.softplus(rho0[kept]).mean().item() if regrow_sigma == "mean" else 1e-6
+    want = {"mean": F.softplus(rho0[kept]).mean().item(),
+            "mean_rho": F.softplus(rho0[kept].mean()).item(), "const": 1e-6}[regrow_sigma]
     for i in (9, 13):
         assert mu[i] == 0 and math.isclose(sigma[i].item(), want, rel_tol=1e-9)
         assert momentum(opt, layer.mu).flatten()[i] == 0
@@ -438,7 +439,7 @@ def test_bad_density(density):
     (dict(removal="magnitude"), criteria.REMOVAL_CRITERIA),
     (dict(addition="grad"), ("mc1", "mean", "mck")),
     (dict(allocation="random"), ("uniform", "erk")),
-    (dict(regrow_sigma="zero"), ("mean", "const")),
+    (dict(regrow_sigma="zero"), ("mean", "mean_rho", "const")),
 ])
 def test_unknown_names_list_the_allowed_ones(kw, names):
     with pytest.raises(ValueError) as err:
@@ -467,3 +468,73 @@ def test_state_dict_round_trip():
         SubspaceController(tiny_model(), 0.3).load_state_dict(state)
     with pytest.raises(ValueError, match="cannot resume"):
         SubspaceController(build_model("mlp", width=0.05), 0.2).load_state_dict(state)
+
+
+@pytest.mark.parametrize("alpha", [5.0, -1.0, 1.0 + 1e-9, float("nan"), float("inf")])
+def test_alpha_outside_the_unit_interval_is_refused(alpha):
+    """alpha > 1 would replace more than every active weight (layers turn dense); < 0 or NaN
+    is meaningless. The masks are left untouched."""
+    model = tiny_model()
+    before = [l.mask.clone() for _, l in bayes_layers(model)]
+    with pytest.raises(ValueError, match=r"alpha=.* must be in \[0, 1\]"):
+        SubspaceController(model, 0.2, alpha=alpha)
+    assert all(torch.equal(b, l.mask) for b, (_, l) in zip(before, bayes_layers(model)))
+    for ok in (0.0, 1.0):
+        SubspaceController(tiny_model(), 0.2, alpha=ok)
+
+
+def test_a_second_controller_on_the_same_model_is_refused():
+    """A second controller would silently redraw the masks under the first one."""
+    model = tiny_model()
+    first = SubspaceController(model, 0.2, seed=0)
+    masks = [l.mask.clone() for _, l in bayes_layers(model)]
+    with pytest.raises(ValueError, match="already belongs to another SubspaceController"):
+        SubspaceController(model, 0.2, seed=1)
+    assert all(torch.equal(m, l.mask) for m, (_, l) in zip(masks, bayes_layers(model)))
+    # a copy of the model has its own layers; a released model may get a new controller
+    SubspaceController(copy.deepcopy(model), 0.2, seed=1)
+    first.release()
+    second = SubspaceController(model, 0.2, seed=1)
+    assert any(not torch.equal(m, l.mask) for m, (_, l) in zip(masks, bayes_layers(model)))
+    del first, second
+    SubspaceController(model, 0.2)   # the old controllers are gone: nothing holds the layers
+
+
+def test_non_finite_loss_error_is_a_divergence_error():
+    from ssvi.errors import DivergenceError, SSVIError
+    from ssvi.subspace import NonFiniteLossError
+    assert issubclass(NonFiniteLossError, DivergenceError)
+    assert issubclass(NonFiniteLossError, SSVIError)
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 1.3])
+def test_regrow_mean_rho_is_softplus_of_mean_rho_and_smaller_by_the_jensen_gap(tau):
+    """Active sigma = s e^{+tau} and s e^{-tau} (half each), s small: the paper's mean sigma is
+    s cosh(tau); the release's softplus(mean rho) is close to the geometric mean s, so their ratio
+    is cosh(tau) (1.13, 1.54, 1.97 here) up to O(s)."""
+    from ssvi.subspace import regrow_sigma_ratio
+    s = 1e-4
+    net = nn.Sequential(nn.Linear(8, 4, bias=False))
+    bayesianize(net)
+    net.double()
+    ctrl = SubspaceController(net, 0.5, first_layer_dense=False, regrow_sigma="mean_rho")
+    layer = net[0]
+    active = layer.mask.flatten()
+    n = int(active.sum())
+    sig = torch.zeros(32, dtype=torch.float64)
+    sig[active] = torch.tensor([s * math.exp(tau if i % 2 else -tau) for i in range(n)],
+                               dtype=torch.float64)
+    with torch.no_grad():
+        layer.rho.copy_(torch.where(active, inverse_softplus(sig.clamp_min(1e-30)),
+                                    torch.zeros_like(sig)).view(4, 8))
+    kept = layer.mask.clone()
+    rho = layer.rho.detach()[kept]
+    got = {}
+    for how in ("mean", "mean_rho"):
+        ctrl.regrow_sigma = how
+        got[how] = F.softplus(ctrl._regrow_rho(layer, kept)).item()
+    assert got["mean_rho"] == pytest.approx(F.softplus(rho.mean()).item(), rel=1e-12)
+    assert got["mean"] == pytest.approx(F.softplus(rho).mean().item(), rel=1e-12)
+    assert got["mean_rho"] < got["mean"]
+    assert got["mean"] / got["mean_rho"] == pytest.approx(math.cosh(tau), rel=10 * s)
+    assert regrow_sigma_ratio(net)["0"] == pytest.approx(got["mean"] / got["mean_rho"], rel=1e-12)
