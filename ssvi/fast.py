@@ -44,6 +44,7 @@ from .layers import bayes_layers, kl
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_CUDA_COMPILE_MODE = "reduce-overhead"      # CUDA graphs; see the module docstring
 DEFAULT_DISTRIBUTED_COMPILE_MODE = "default"       # no CUDA graphs around DDP's collectives
+CPU_DEFAULT_COMPILE = True   # inductor C++ kernels, fp32, contiguous: benchmarks/bench_cpu.py
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class FastOptions:
     """The techniques a fast step uses (see the module docstring); stored with benchmark results."""
     compile: bool
     compile_mode: str | None
-    amp_dtype: str | None          # "bfloat16" / "float16" or None (fp32)
+    amp_dtype: str | None          # "bfloat16" or None (fp32)
     channels_last: bool
     fused_optimizer: bool
 
@@ -76,10 +77,15 @@ def resolve_options(device: torch.device, *, compile: bool | None = None,
                          f"of {', '.join(repr(m) for m in COMPILE_MODES)}")
     if amp_dtype is None:
         amp_dtype = torch.bfloat16 if cuda else torch.float32
-    if amp_dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"amp_dtype={amp_dtype!r}: use torch.bfloat16, torch.float16 or "
-                         "torch.float32 (no autocast)")
-    compile = cuda if compile is None else bool(compile)
+    if amp_dtype == torch.float16:
+        raise ValueError("amp_dtype=torch.float16 is not supported: sigma^2 below 6e-5 (fp16's "
+                         "smallest normal) underflows in the LRT variance path and there is no "
+                         "gradient scaler; use torch.bfloat16 or torch.float32")
+    if amp_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"amp_dtype={amp_dtype!r}: use torch.bfloat16 or torch.float32 "
+                         "(no autocast)")
+    compile = CPU_DEFAULT_COMPILE if (compile is None and not cuda) else (
+        cuda if compile is None else bool(compile))
     if compile and compile_mode is None:
         compile_mode = (DEFAULT_DISTRIBUTED_COMPILE_MODE if distributed or not cuda
                         else DEFAULT_CUDA_COMPILE_MODE)
