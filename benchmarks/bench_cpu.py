@@ -17,6 +17,10 @@ each time ``--steps`` consecutive steps of every configuration, in a shuffled or
 Reported: the median step time over all rounds, images/s = batch / median, the ratio SSVI /
 deterministic of the same variant, and the speed-up against the reference path of the same
 network and method -- all from the same run. The 1-minute load average is recorded per round.
+On a busy machine the median wall time mostly measures waiting, so each row also has the
+MINIMUM wall time (the step that was least disturbed, closest to an idle machine) and the
+median process CPU time (all threads; it includes OpenMP spin-waiting when the threads are
+descheduled, so it too grows with the load, but far less).
 SSVI steps are plain SGD steps between subspace updates (the masks hold 10% of the weights);
 the update itself (every 100 steps) is not timed here (see bench_train.py).
 """
@@ -93,7 +97,7 @@ def build(net, width, method, variant, batch, n_train=50_000):
         step = fast.make_fast_step(model, optimizer, cfg, **kw)
     return {"net": net, "width": width, "method": method, "variant": variant, "step": step,
             "model": model, "kl_coef": cfg.kl_scale / n_train, "weights": n_weights(model),
-            "times": [], "losses": []}
+            "times": [], "cpu_times": [], "losses": []}
 
 
 def batches(n, batch, seed=0):
@@ -105,12 +109,13 @@ def batches(n, batch, seed=0):
 def run_steps(c, data, n, record=True):
     for i in range(n):
         x, y = data[i % len(data)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = c["step"](x, y, c["kl_coef"])
         loss = float(loss)           # CPU: synchronous anyway; one scalar read per step
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if record:
             c["times"].append(dt)
+            c["cpu_times"].append(dc)
             c["losses"].append(loss)
 
 
@@ -139,6 +144,12 @@ def measure_net(args, spec, log):
     ref = {m: statistics.median(c["times"]) for c in configs for m in [c["method"]]
            if c["variant"] == "reference"}
     det = {c["variant"]: statistics.median(c["times"]) for c in configs if c["method"] == "dense"}
+    ref_min = {c["method"]: min(c["times"]) for c in configs if c["variant"] == "reference"}
+    ref_cpu = {c["method"]: statistics.median(c["cpu_times"]) for c in configs
+               if c["variant"] == "reference"}
+    det_min = {c["variant"]: min(c["times"]) for c in configs if c["method"] == "dense"}
+    det_cpu = {c["variant"]: statistics.median(c["cpu_times"]) for c in configs
+               if c["method"] == "dense"}
     for c in configs:
         med = statistics.median(c["times"])
         row = {"net": net, "width": width, "weights": c["weights"], "method": c["method"],
@@ -148,15 +159,24 @@ def measure_net(args, spec, log):
                "batch": args.batch, "ms_per_step": 1e3 * med,
                "ms_per_step_iqr": [1e3 * q for q in _quartiles(c["times"])],
                "images_per_s": args.batch / med, "n_timed_steps": len(c["times"]),
+               "ms_per_step_min": 1e3 * min(c["times"]),
+               "cpu_ms_per_step": 1e3 * statistics.median(c["cpu_times"]),
+               "cpu_ms_per_step_min": 1e3 * min(c["cpu_times"]),
                "warmup_s": c["warmup_s"],
                "loss_finite": all(map(lambda v: v == v and abs(v) != float("inf"), c["losses"]))}
         if c["method"] in ref:
             row["speedup_vs_reference"] = ref[c["method"]] / med
+            row["speedup_vs_reference_min"] = ref_min[c["method"]] / min(c["times"])
+            row["speedup_vs_reference_cpu"] = (ref_cpu[c["method"]]
+                                               / statistics.median(c["cpu_times"]))
         if c["method"] == "ssvi" and c["variant"] in det:
             row["ratio_ssvi_over_deterministic"] = med / det[c["variant"]]
             if "reference" in det:
                 row["ratio_ssvi_over_reference_deterministic"] = med / det["reference"]
             row["ratio_ssvi_over_fastest_deterministic"] = med / min(det.values())
+            row["ratio_ssvi_over_deterministic_min"] = min(c["times"]) / det_min[c["variant"]]
+            row["ratio_ssvi_over_deterministic_cpu"] = (statistics.median(c["cpu_times"])
+                                                        / det_cpu[c["variant"]])
         rows.append(row)
     return rows, loads
 
@@ -167,8 +187,11 @@ def _quartiles(v):
 
 
 def print_table(rows):
+    """Wall ms: median (min) over the interleaved steps; CPU ms: median process CPU time."""
     head = (f"{'network':<18}{'variant':<18}{'SSVI ms':>9}{'det ms':>9}{'SSVI/det':>10}"
-            f"{'SSVI img/s':>12}{'det img/s':>11}{'SSVI x ref':>12}{'det x ref':>11}")
+            f"{'SSVI img/s':>12}{'det img/s':>11}{'SSVI x ref':>12}{'det x ref':>11}"
+            f"{'SSVI min':>10}{'det min':>9}{'x ref min':>11}{'SSVI cpu':>10}{'det cpu':>9}"
+            f"{'x ref cpu':>11}")
     print(head)
     print("-" * len(head))
     by = {}
@@ -180,7 +203,11 @@ def print_table(rows):
         print(f"{f'{net} x{width:g}':<18}{variant:<18}{f(s, 'ms_per_step', '9.0f'):>9}"
               f"{f(t, 'ms_per_step', '9.0f'):>9}{f(s, 'ratio_ssvi_over_deterministic', '10.2f'):>10}"
               f"{f(s, 'images_per_s', '12.0f'):>12}{f(t, 'images_per_s', '11.0f'):>11}"
-              f"{f(s, 'speedup_vs_reference', '12.2f'):>12}{f(t, 'speedup_vs_reference', '11.2f'):>11}")
+              f"{f(s, 'speedup_vs_reference', '12.2f'):>12}{f(t, 'speedup_vs_reference', '11.2f'):>11}"
+              f"{f(s, 'ms_per_step_min', '10.0f'):>10}{f(t, 'ms_per_step_min', '9.0f'):>9}"
+              f"{f(s, 'speedup_vs_reference_min', '11.2f'):>11}"
+              f"{f(s, 'cpu_ms_per_step', '10.0f'):>10}{f(t, 'cpu_ms_per_step', '9.0f'):>9}"
+              f"{f(s, 'speedup_vs_reference_cpu', '11.2f'):>11}")
 
 
 def parse_args(argv=None):

@@ -28,8 +28,26 @@ step by step in ``tests/test_fast.py``). What it changes is how the work reaches
 * **No host synchronisation per step**: ``kl_coef`` lives in a device tensor written only when its
   value changes (once per epoch), and the loss is returned as a device tensor.
 
-On CPU every technique defaults to off (the reference path is faster there); each can be forced,
-which is how the equivalence tests run the compiled step on CPU.
+**fp16 is refused** (``amp_dtype=torch.float16`` raises): its smallest normal is 6.1e-5, so the
+recipe's sigma^2 (1e-12..1e-6) underflows in the variance path, and this step has no gradient
+scaler.
+
+**On CPU** (``benchmarks/bench_cpu.py``, ``results/bench/cpu_paths.json``) the default is
+``torch.compile`` (inductor's C++/OpenMP kernels, mode ``"default"``: no CUDA graphs) in fp32 with
+the contiguous layout and for-each SGD (``CPU_DEFAULT_COMPILE``). The fused elementwise kernels
+are what a 2-core CPU gains most from; it is the combination that passes the step-by-step
+equivalence test against the reference (``tests/test_fast.py``, which runs it with nothing
+forced). The trainer still takes the reference path on CPU unless ``TrainConfig.fast=True``
+(compilation costs ~20-60 s of CPU per graph, more than a tiny preset run itself).
+bf16 autocast on CPU (oneDNN kernels; AVX-512-BF16/AMX where present) is opt-in: the variance
+convolution conv(x^2, sigma^2) then runs with bf16 inputs and fp32 accumulation, exactly as on
+the GPU -- sigma^2 stays far inside bf16's range (no underflow), each output has a relative error
+of at most (1 + 2^-8)^3 - 1 = 1.2% of the variance (0.6% of the noise's standard deviation;
+``test_bf16_variance_path_error_is_bounded_by_unit_roundoff`` checks this bound on the CPU
+kernel), while sqrt(var), the noise, softplus and the KL stay fp32. On CPU autocast adds casts
+of x, x^2, w_mu and sigma^2 to bf16 around every convolution, which the eager path does not fuse,
+so it is measured rather than assumed; channels_last makes the eager LRT step slower on CPU.
+Each technique can be forced on or off.
 """
 from __future__ import annotations
 
