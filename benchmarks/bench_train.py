@@ -373,7 +373,7 @@ def parse_args(argv=None):
     p.add_argument("--paths", nargs="+", default=["fast", "reference"],
                    choices=["fast", "reference"])
     p.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                   help="fast path: torch.compile on/off (default: on on CUDA)")
+                   help="fast path: torch.compile on/off (default: ssvi.fast.resolve_options: on, except --quick)")
     p.add_argument("--compile-mode", default=None,
                    help="fast path: torch.compile mode (default reduce-overhead on CUDA)")
     p.add_argument("--width", type=float, default=None)

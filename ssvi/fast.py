@@ -28,8 +28,26 @@ step by step in ``tests/test_fast.py``). What it changes is how the work reaches
 * **No host synchronisation per step**: ``kl_coef`` lives in a device tensor written only when its
   value changes (once per epoch), and the loss is returned as a device tensor.
 
-On CPU every technique defaults to off (the reference path is faster there); each can be forced,
-which is how the equivalence tests run the compiled step on CPU.
+**fp16 is refused** (``amp_dtype=torch.float16`` raises): its smallest normal is 6.1e-5, so the
+recipe's sigma^2 (1e-12..1e-6) underflows in the variance path, and this step has no gradient
+scaler.
+
+**On CPU** (``benchmarks/bench_cpu.py``, ``results/bench/cpu_paths.json``) the default is
+``torch.compile`` (inductor's C++/OpenMP kernels, mode ``"default"``: no CUDA graphs) in fp32 with
+the contiguous layout and for-each SGD (``CPU_DEFAULT_COMPILE``). The fused elementwise kernels
+are what a 2-core CPU gains most from; it is the combination that passes the step-by-step
+equivalence test against the reference (``tests/test_fast.py``, which runs it with nothing
+forced). The trainer still takes the reference path on CPU unless ``TrainConfig.fast=True``
+(compilation costs ~20-60 s of CPU per graph, more than a tiny preset run itself).
+bf16 autocast on CPU (oneDNN kernels; AVX-512-BF16/AMX where present) is opt-in: the variance
+convolution conv(x^2, sigma^2) then runs with bf16 inputs and fp32 accumulation, exactly as on
+the GPU -- sigma^2 stays far inside bf16's range (no underflow), each output has a relative error
+of at most (1 + 2^-8)^3 - 1 = 1.2% of the variance (0.6% of the noise's standard deviation;
+``test_bf16_variance_path_error_is_bounded_by_unit_roundoff`` checks this bound on the CPU
+kernel), while sqrt(var), the noise, softplus and the KL stay fp32. On CPU autocast adds casts
+of x, x^2, w_mu and sigma^2 to bf16 around every convolution, which the eager path does not fuse,
+so it is measured rather than assumed; channels_last makes the eager LRT step slower on CPU.
+Each technique can be forced on or off.
 """
 from __future__ import annotations
 
@@ -44,6 +62,7 @@ from .layers import bayes_layers, kl
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_CUDA_COMPILE_MODE = "reduce-overhead"      # CUDA graphs; see the module docstring
 DEFAULT_DISTRIBUTED_COMPILE_MODE = "default"       # no CUDA graphs around DDP's collectives
+CPU_DEFAULT_COMPILE = True   # inductor C++ kernels, fp32, contiguous: benchmarks/bench_cpu.py
 
 
 @dataclass(frozen=True)
@@ -51,7 +70,7 @@ class FastOptions:
     """The techniques a fast step uses (see the module docstring); stored with benchmark results."""
     compile: bool
     compile_mode: str | None
-    amp_dtype: str | None          # "bfloat16" / "float16" or None (fp32)
+    amp_dtype: str | None          # "bfloat16" or None (fp32)
     channels_last: bool
     fused_optimizer: bool
 
@@ -76,10 +95,15 @@ def resolve_options(device: torch.device, *, compile: bool | None = None,
                          f"of {', '.join(repr(m) for m in COMPILE_MODES)}")
     if amp_dtype is None:
         amp_dtype = torch.bfloat16 if cuda else torch.float32
-    if amp_dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"amp_dtype={amp_dtype!r}: use torch.bfloat16, torch.float16 or "
-                         "torch.float32 (no autocast)")
-    compile = cuda if compile is None else bool(compile)
+    if amp_dtype == torch.float16:
+        raise ValueError("amp_dtype=torch.float16 is not supported: sigma^2 below 6e-5 (fp16's "
+                         "smallest normal) underflows in the LRT variance path and there is no "
+                         "gradient scaler; use torch.bfloat16 or torch.float32")
+    if amp_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"amp_dtype={amp_dtype!r}: use torch.bfloat16 or torch.float32 "
+                         "(no autocast)")
+    compile = CPU_DEFAULT_COMPILE if (compile is None and not cuda) else (
+        cuda if compile is None else bool(compile))
     if compile and compile_mode is None:
         compile_mode = (DEFAULT_DISTRIBUTED_COMPILE_MODE if distributed or not cuda
                         else DEFAULT_CUDA_COMPILE_MODE)

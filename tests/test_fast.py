@@ -252,7 +252,9 @@ def test_fast_predict_probs_is_predict_probs_in_fp32():
 
 def test_resolve_options_defaults_and_errors():
     cpu = fast.resolve_options(torch.device("cpu"))
-    assert not cpu.compile and cpu.amp_dtype is None and not cpu.channels_last
+    # the CPU default chosen by benchmarks/bench_cpu.py: inductor, fp32, contiguous, for-each SGD
+    assert cpu.compile and cpu.compile_mode == "default"
+    assert cpu.amp_dtype is None and not cpu.channels_last and not cpu.fused_optimizer
     cuda = fast.resolve_options(torch.device("cuda"))
     assert cuda.compile and cuda.compile_mode == "reduce-overhead"
     assert cuda.amp_dtype == "bfloat16" and cuda.channels_last and cuda.fused_optimizer
@@ -282,3 +284,88 @@ def test_bench_train_quick_prints_table_and_writes_json(tmp_path):
     assert all("error" not in r and r["s_per_epoch_incl_eval"] > r["s_per_epoch_train"] > 0
                and r["loss_finite"] for r in res["rows"])
     assert res["provenance"]["device"] == "cpu" and "fast b8" in res["ratios_ssvi_over_deterministic"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_float16_autocast_is_rejected_with_the_reason(device):
+    """fp16's smallest normal is 6.1e-5: the recipe's sigma^2 (1e-12..1e-6) would underflow in
+    the variance path, and the step has no gradient scaler; bf16 and fp32 stay allowed."""
+    with pytest.raises(ValueError, match=r"float16 is not supported: sigma\^2 below 6e-5"):
+        fast.resolve_options(torch.device(device), amp_dtype=torch.float16)
+    assert fast.resolve_options(torch.device(device), amp_dtype=torch.bfloat16).amp_dtype == \
+        "bfloat16"
+    # the stated threshold is fp16's smallest normal; a recipe-sized sigma^2 flushes to zero in
+    # fp16 (smallest subnormal 6e-8) and survives in bf16
+    assert 6e-5 < torch.finfo(torch.float16).tiny < 6.2e-5
+    sigma2 = torch.tensor((6e-4 / 20) ** 2)           # sigma = 3e-5, inside the recipe's spread
+    assert sigma2.half().item() == 0.0 and sigma2.bfloat16().item() > 0.0
+
+
+def test_cpu_default_step_equals_reference_on_a_conv_net():
+    """The CPU default of the fast path (whatever resolve_options picks, nothing forced) against
+    the reference step on a conv net with BatchNorm, in LRT mode: 6 steps with a subspace update
+    and a kl_coef change; same losses, mu, rho, BN statistics and masks, one compilation.
+
+    One update, not two: compiled kernels sum in another order (relative 1e-7), and after a
+    few more steps that can swap two near-tied weights at the subspace boundary (seen: 2 of 691
+    entries of one tensor at the second update); the MLP test above covers two updates.
+    Losses agree to 1e-5 at every step; parameters to 1e-3 (see the BatchNorm note below)."""
+    torch._dynamo.reset()
+    cfg, ref = _setup("small_cnn", 0.25)
+    fst = copy.deepcopy(ref)
+    opt_ref, opt_fst = make_optimizer(ref, cfg), make_optimizer(fst, cfg)
+    ctl_ref, ctl_fst = _controller(ref, cfg, opt_ref), _controller(fst, cfg, opt_fst)
+    step_ref = make_step_fn(ref, opt_ref, cfg, torch.device("cpu"))
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    step_fst = fast.make_fast_step(fst, opt_fst, cfg, backend=counter)
+    assert step_fst.options == fast.resolve_options(torch.device("cpu"))
+    masks_init = [l.mask.clone() for _, l in bayes_layers(ref)]
+    batches = _batches(6, 16, (3, 32, 32), seed=3)
+    kl_coefs = [1e-4] * 4 + [2e-4] * 2
+    loss_ref, masks_ref = _run(ref, cfg, step_ref, opt_ref, ctl_ref, batches, kl_coefs)
+    # compiled randn == eager randn; and conv outputs kept in the default (contiguous) layout, so
+    # randn_like fills the same logical positions (inductor's layout optimisation may switch conv
+    # outputs to channels_last: same distribution of noise, other numbers; see the mean-mode
+    # test below for the production layout)
+    with inductor_config.patch(fallback_random=True, layout_optimization=False):
+        loss_fst, masks_fst = _run(fst, cfg, step_fst, opt_fst, ctl_fst, batches, kl_coefs)
+    assert ctl_ref.n_updates == ctl_fst.n_updates == 1
+    # the update really moved the subspace (else comparing masks proves little)
+    assert any(not torch.equal(a, b) for a, b in zip(masks_ref[0], masks_init))
+    if step_fst.options.compile:
+        assert counter.frame_count == 1, "recompiled after a mask or kl_coef change"
+    torch.testing.assert_close(loss_fst, loss_ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(masks_ref, masks_fst):
+        assert all(torch.equal(m1, m2) for m1, m2 in zip(a, b))
+    # BatchNorm's backward subtracts batch means (cancellation): a 1e-7 reordering of the
+    # compiled sums becomes up to ~1e-3 of the first conv's gradient on some steps (measured
+    # 5e-4 on mu of the first layer after step 5; the other layers agree to 1e-6)
+    _assert_same_model(ref, fst, rtol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fast_step_tracks_reference():
+    """On CUDA: the default fast step (compile with CUDA graphs, bf16, channels_last, fused SGD)
+    and the reference step, from the same model and batches in "mean" mode (no LRT noise, whose
+    draws differ between the layouts), give the same losses to bf16 precision over 7 steps with
+    two subspace updates; forced to fp32, the compiled step matches to float rounding."""
+    dev = torch.device("cuda")
+    cfg, ref = _setup("small_cnn", 0.5)
+    set_mode(ref, "mean")
+    ref = ref.to(dev)
+    for amp, rtol in ((None, 3e-2), (torch.float32, 1e-4)):
+        torch._dynamo.reset()
+        r, f = copy.deepcopy(ref), copy.deepcopy(ref)
+        opt_r, opt_f = make_optimizer(r, cfg), make_optimizer(f, cfg)
+        ctl_r = _controller(r, cfg, opt_r, addition="mean")
+        ctl_f = _controller(f, cfg, opt_f, addition="mean")
+        step_r = make_step_fn(r, opt_r, cfg, dev)
+        step_f = fast.make_fast_step(f, opt_f, cfg, amp_dtype=amp)
+        assert step_f.options.compile and step_f.options.channels_last
+        batches = [(x.to(dev), y.to(dev)) for x, y in _batches(7, 32, (3, 32, 32), seed=4)]
+        loss_r, _ = _run(r, cfg, step_r, opt_r, ctl_r, batches, [1e-4] * 7)
+        loss_f, _ = _run(f, cfg, step_f, opt_f, ctl_f, batches, [1e-4] * 7)
+        assert ctl_f.n_updates == 2
+        torch.testing.assert_close(loss_f, loss_r, rtol=rtol, atol=1e-6)
+        if amp == torch.float32:
+            _assert_same_model(r, f, rtol=1e-3)
