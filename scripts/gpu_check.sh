@@ -93,7 +93,7 @@ DATA="${SSVI_DATA:-data}"
 if [ $DRY -eq 1 ]; then
     # the CIFAR-10 reader on a generated copy in the official layout (no 60k-JPEG decode in CI)
     DATA="$OUT/data"
-    run data 120 "$PY" -c "from ssvi.data import write_fake_cifar; write_fake_cifar('$DATA', 'cifar10', n_train=256, n_test=128, seed=0)"
+    run data 120 "$PY" -c "import sys; sys.path.insert(0, '$ROOT/tests'); from fakes import write_fake_cifar; write_fake_cifar('$DATA', 'cifar10', n_train=256, n_test=128, seed=0)"
     TRAIN_ARGS=(--preset tiny --model small_cnn --width 0.25 --epochs 1 --batch-size 32
                 --train-subset 256 --test-subset 128 --update-every 3 --eval-samples 2)
     TRAIN_LIMIT=300

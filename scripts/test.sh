@@ -3,8 +3,8 @@
 # headless-browser check of the built site, in that order. Exits non-zero if any stage fails
 # (every stage runs, so one run reports all failures).
 #
-#   bash scripts/test.sh                  # all four stages
-#   bash scripts/test.sh book site        # only the named stages (unit notebooks book site)
+#   bash scripts/test.sh                  # every stage
+#   bash scripts/test.sh book site        # only the named stages (unit gpu-dry notebooks book site)
 #
 # Runs the notebooks and the book at SSVI_PRESET=tiny unless SSVI_PRESET is set; at tiny the
 # runs are stored under build_scratch/ (SSVI_RESULTS, SSVI_RUNS), not in results/.
@@ -26,10 +26,10 @@ if [ "$SSVI_PRESET" = tiny ]; then   # CI-scale runs are scratch, not results wo
 fi
 NB_CACHE="$ROOT/_build/.jupyter_cache"   # the book's cache (_config.yml: execute.cache default)
 failed=()
-stages=" ${*:-unit notebooks book site} "
+stages=" ${*:-unit gpu-dry notebooks book site} "
 for name in $stages; do
-    case "$name" in unit|notebooks|book|site) ;; *)
-        echo "[test] unknown stage '$name'; choose from: unit notebooks book site" >&2; exit 2;;
+    case "$name" in unit|gpu-dry|notebooks|book|site) ;; *)
+        echo "[test] unknown stage '$name'; choose from: unit gpu-dry notebooks book site" >&2; exit 2;;
     esac
 done
 want() { [[ "$stages" == *" $1 "* ]]; }
@@ -43,6 +43,13 @@ if want unit; then
     if [ $rc -ne 0 ]; then   # includes rc 5, "no tests collected"
         failed+=("unit tests (pytest exit $rc)")
     fi
+fi
+
+if want gpu-dry; then
+    stage "1b/4 the prepared GPU check, dry run on the CPU: bash scripts/gpu_check.sh --dry-run"
+    bash scripts/gpu_check.sh --dry-run
+    rc=$?
+    if [ $rc -ne 0 ]; then failed+=("gpu_check.sh --dry-run (exit $rc)"); fi
 fi
 
 if want notebooks; then
