@@ -587,6 +587,7 @@ def scorecard(records_by_experiment: dict, claims: Sequence[Claim] = CLAIMS):
     rows = []
     for c in claims:
         ev = evaluate(c, records_by_experiment)
-        rows.append({"claim": c.statement, "paper": c.where, "tested as": c.tested_as,
-                     "evidence here": ev.text, "verdict": ev.verdict})
-    return pd.DataFrame(rows, columns=["claim", "paper", "tested as", "evidence here", "verdict"])
+        rows.append({"claim": c.statement, "verdict": ev.verdict, "evidence here": ev.text,
+                     "tested as": c.tested_as, "paper": c.where})
+    # the verdict next to the claim, so that both show without scrolling
+    return pd.DataFrame(rows, columns=["claim", "verdict", "evidence here", "tested as", "paper"])

@@ -451,6 +451,19 @@ def paper_vs_ours(table: str, ours, columns: Sequence[str] | None = None,
     return format_table(df, cols)
 
 
+def _method_cells(df) -> list[str]:
+    """The Method column, readable without scrolling: the method label, marked "(paper)" on a
+    quoted row when the table mixes sources, and led by the dataset when it mixes datasets."""
+    labels = [str(v) for v in df["method_label"].values]
+    if "source" in df and df["source"].nunique(dropna=False) > 1:
+        labels = [f"{lab} (paper)" if str(src).startswith("paper") else lab
+                  for lab, src in zip(labels, df["source"].fillna("ours"))]
+    if "dataset" in df and df["dataset"].nunique() > 1:
+        names = [PAPER_DATASET_LABELS.get(d, d) for d in df["dataset"].fillna("")]
+        labels = [f"{n}: {lab}" if n else lab for n, lab in zip(names, labels)]
+    return labels
+
+
 def format_table(df, columns: Sequence[str] | None = None):
     """Strings for display, numbers first: Method, then 'mean ± std' per metric of ``columns``,
     then Source (when the rows have one), Data, Commit (with 'stale' when today's code would
@@ -458,7 +471,7 @@ def format_table(df, columns: Sequence[str] | None = None):
     import pandas as pd
     cols = list(columns or TABLE_COLUMNS)
     out = pd.DataFrame()
-    out["Method"] = df["method_label"].values
+    out["Method"] = _method_cells(df)
     for c in cols:
         heading, digits, sci = TABLE_COLUMNS[c]
         vals = []

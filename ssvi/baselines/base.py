@@ -118,6 +118,25 @@ def canonical_hparams(hparams_cls, name: str, given: dict) -> dict:
     return out
 
 
+@torch.no_grad()
+def average_draws(model: nn.Module, x: torch.Tensor, noisy, samples: int) -> torch.Tensor:
+    """Predictive probabilities (N, C) of the pruned model in eval mode: the average of
+    ``samples`` softmax outputs, each from one draw of the ``noisy`` modules (those with a
+    ``mode`` attribute, set to "sample"); ``samples=0`` uses their means ("mean" mode)."""
+    was = model.training
+    old = [m.mode for m in noisy]
+    model.eval()
+    try:
+        for m in noisy:
+            m.mode = "sample" if samples >= 1 else "mean"
+        n = max(int(samples), 1)
+        return sum(torch.softmax(model(x).float(), -1) for _ in range(n)) / n
+    finally:
+        for m, o in zip(noisy, old):
+            m.mode = o
+        model.train(was)
+
+
 def mask_stats(masks: dict[str, torch.Tensor]) -> dict:
     """Active weights (sum of masks), total weights, density and sparsity = 1 - density."""
     if not masks:

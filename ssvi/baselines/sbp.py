@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from ..flops import forward_flops_per_layer
 from ..layers import bayes_layers, bayesianize
 from ..models import ARCHS
-from .base import Method, flops_dict
+from .base import Method, average_draws, flops_dict
 from .vd import kl_beta
 
 LOG_2PI_E = math.log(2.0 * math.pi * math.e)
@@ -316,19 +316,7 @@ class SBP(Method):
     @torch.no_grad()
     def predict(self, model, x, samples):
         """Pruned network; average of ``samples`` softmax outputs over theta draws (0: E theta)."""
-        was = model.training
-        mods = sbp_modules(model)
-        old = [m.mode for _, m in mods]
-        model.eval()
-        try:
-            for _, m in mods:
-                m.mode = "sample" if samples >= 1 else "mean"
-            n = max(int(samples), 1)
-            return sum(torch.softmax(model(x).float(), -1) for _ in range(n)) / n
-        finally:
-            for (_, m), o in zip(mods, old):
-                m.mode = o
-            model.train(was)
+        return average_draws(model, x, [m for _, m in sbp_modules(model)], samples)
 
     @torch.no_grad()
     def channel_keep(self, model) -> dict[str, torch.Tensor]:

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from ..flops import forward_flops_per_layer
 from ..layers import LRT_EPS, BayesConv2d, BayesLayer, BayesLinear
 from ..models import ARCHS
-from .base import Method, flops_dict
+from .base import Method, average_draws, flops_dict
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 
@@ -228,19 +228,7 @@ class VD(Method):
     @torch.no_grad()
     def predict(self, model, x, samples):
         """Average of ``samples`` softmax outputs of the pruned posterior (0: theta only)."""
-        was = model.training
-        model.eval()
-        layers = vd_layers(model)
-        old = [m.mode for _, m in layers]
-        try:
-            for _, m in layers:
-                m.mode = "sample" if samples >= 1 else "mean"
-            n = max(int(samples), 1)
-            return sum(torch.softmax(model(x).float(), -1) for _ in range(n)) / n
-        finally:
-            for (_, m), o in zip(layers, old):
-                m.mode = o
-            model.train(was)
+        return average_draws(model, x, [m for _, m in vd_layers(model)], samples)
 
     @torch.no_grad()
     def masks(self, model):
