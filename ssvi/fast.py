@@ -32,22 +32,20 @@ step by step in ``tests/test_fast.py``). What it changes is how the work reaches
 recipe's sigma^2 (1e-12..1e-6) underflows in the variance path, and this step has no gradient
 scaler.
 
-**On CPU** (``benchmarks/bench_cpu.py``, ``results/bench/cpu_paths.json``) the default is
-``torch.compile`` (inductor's C++/OpenMP kernels, mode ``"default"``: no CUDA graphs) in fp32 with
-the contiguous layout and for-each SGD (``CPU_DEFAULT_COMPILE``). The fused elementwise kernels
-are what a 2-core CPU gains most from; it is the combination that passes the step-by-step
-equivalence test against the reference (``tests/test_fast.py``, which runs it with nothing
-forced). The trainer still takes the reference path on CPU unless ``TrainConfig.fast=True``
-(compilation costs ~20-60 s of CPU per graph, more than a tiny preset run itself).
-bf16 autocast on CPU (oneDNN kernels; AVX-512-BF16/AMX where present) is opt-in: the variance
-convolution conv(x^2, sigma^2) then runs with bf16 inputs and fp32 accumulation, exactly as on
-the GPU -- sigma^2 stays far inside bf16's range (no underflow), each output has a relative error
-of at most (1 + 2^-8)^3 - 1 = 1.2% of the variance (0.6% of the noise's standard deviation;
-``test_bf16_variance_path_error_is_bounded_by_unit_roundoff`` checks this bound on the CPU
-kernel), while sqrt(var), the noise, softplus and the KL stay fp32. On CPU autocast adds casts
-of x, x^2, w_mu and sigma^2 to bf16 around every convolution, which the eager path does not fuse,
-so it is measured rather than assumed; channels_last makes the eager LRT step slower on CPU.
-Each technique can be forced on or off.
+**On CPU** (``benchmarks/bench_cpu.py``, ``results/bench/cpu_paths.json``: 1 thread, median
+process CPU time per step, ResNet-18 x0.125 at batch 128, busy 2-core Xeon) the fastest SSVI step
+is EAGER bf16 autocast, contiguous: 506 ms against 729 ms for the reference step (1.44x); the
+deterministic step gains more (2.7x with compile + bf16 + channels_last). torch.compile makes the
+LRT step SLOWER on CPU (1133 ms fp32, 0.64x), and channels_last does not help it either, so the
+CPU default is bf16 autocast alone (``CPU_DEFAULT_AMP``); compile, channels_last and fused SGD
+stay off and can be forced. The trainer uses this path on CPU only with ``TrainConfig.fast=True``.
+bf16 on CPU (oneDNN kernels; AVX-512-BF16/AMX where present) affects the variance path exactly
+as on the GPU: conv(x^2, sigma^2) takes bf16 inputs and accumulates in fp32; sigma^2 of the recipe
+stays far inside bf16's range (no underflow); each output's relative error is at most
+(1 + 2^-8)^3 - 1 = 1.2% of the variance (0.6% of the noise's standard deviation), which
+``test_bf16_variance_path_error_is_bounded_by_unit_roundoff`` checks on the CPU kernel; sqrt(var),
+the noise, softplus, the KL and the loss stay fp32. Pass ``amp_dtype=torch.float32`` to train
+entirely in fp32 (then the fast step is the reference step).
 """
 from __future__ import annotations
 
@@ -62,7 +60,7 @@ from .layers import bayes_layers, kl
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_CUDA_COMPILE_MODE = "reduce-overhead"      # CUDA graphs; see the module docstring
 DEFAULT_DISTRIBUTED_COMPILE_MODE = "default"       # no CUDA graphs around DDP's collectives
-CPU_DEFAULT_COMPILE = True   # inductor C++ kernels, fp32, contiguous: benchmarks/bench_cpu.py
+CPU_DEFAULT_AMP = torch.bfloat16   # CPU default: eager bf16 autocast, contiguous (bench_cpu.py)
 
 
 @dataclass(frozen=True)
@@ -82,10 +80,11 @@ def resolve_options(device: torch.device, *, compile: bool | None = None,
                     amp_dtype: torch.dtype | None = None, channels_last: bool | None = None,
                     compile_mode: str | None = None, fused: bool | None = None,
                     distributed: bool = False) -> FastOptions:
-    """Fill unset (None) options with the device defaults: everything on for CUDA, off for CPU.
+    """Fill unset (None) options with the device defaults: everything on for CUDA; on CPU bf16
+    autocast only (eager, contiguous, for-each SGD: the fastest SSVI step in bench_cpu.py).
 
-    ``amp_dtype=None`` means the default (bf16 on CUDA, none on CPU); ``torch.float32`` means no
-    autocast. ``compile_mode`` defaults to ``"reduce-overhead"`` (CUDA graphs) on one CUDA device
+    ``amp_dtype=None`` means the default (bf16 on CUDA and CPU); ``torch.float32`` means no
+    autocast; ``torch.float16`` is refused (see the module docstring). ``compile_mode`` defaults to ``"reduce-overhead"`` (CUDA graphs) on one CUDA device
     and ``"default"`` under DistributedDataParallel or on CPU.
     """
     device = torch.device(device)
@@ -94,7 +93,7 @@ def resolve_options(device: torch.device, *, compile: bool | None = None,
         raise ValueError(f"compile_mode={compile_mode!r} is not a torch.compile mode; choose one "
                          f"of {', '.join(repr(m) for m in COMPILE_MODES)}")
     if amp_dtype is None:
-        amp_dtype = torch.bfloat16 if cuda else torch.float32
+        amp_dtype = torch.bfloat16 if cuda else CPU_DEFAULT_AMP
     if amp_dtype == torch.float16:
         raise ValueError("amp_dtype=torch.float16 is not supported: sigma^2 below 6e-5 (fp16's "
                          "smallest normal) underflows in the LRT variance path and there is no "
@@ -102,8 +101,7 @@ def resolve_options(device: torch.device, *, compile: bool | None = None,
     if amp_dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"amp_dtype={amp_dtype!r}: use torch.bfloat16 or torch.float32 "
                          "(no autocast)")
-    compile = CPU_DEFAULT_COMPILE if (compile is None and not cuda) else (
-        cuda if compile is None else bool(compile))
+    compile = cuda if compile is None else bool(compile)
     if compile and compile_mode is None:
         compile_mode = (DEFAULT_DISTRIBUTED_COMPILE_MODE if distributed or not cuda
                         else DEFAULT_CUDA_COMPILE_MODE)
