@@ -455,6 +455,11 @@ def _method_cells(df) -> list[str]:
     """The Method column, readable without scrolling: the method label, marked "(paper)" on a
     quoted row when the table mixes sources, and led by the dataset when it mixes datasets."""
     labels = [str(v) for v in df["method_label"].values]
+    if "sparsity_pct" in df and df["method"].isin(["ssvi", "rigl"]).any():
+        # rows of sparse methods at several sparsities: say which, next to the name
+        labels = [f"{lab} {sp:g}%" if m in ("ssvi", "rigl") and isinstance(sp, (int, float))
+                  and sp == sp and sp > 0 and "%" not in lab else lab
+                  for lab, m, sp in zip(labels, df["method"], df["sparsity_pct"])]
     if "source" in df and df["source"].nunique(dropna=False) > 1:
         labels = [f"{lab} (paper)" if str(src).startswith("paper") else lab
                   for lab, src in zip(labels, df["source"].fillna("ours"))]
