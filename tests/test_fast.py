@@ -67,6 +67,20 @@ def _run(model, cfg, step_fn, optimizer, controller, batches, kl_coefs):
     return torch.stack(losses), masks_after_update
 
 
+def _reference_and_compiled(model: str, width: float):
+    """Two copies of one model with their optimizers and controllers: the reference step and the
+    compiled fp32 fast step (inductor, counted so recompilations show)."""
+    cfg, ref = _setup(model, width)
+    fst = copy.deepcopy(ref)
+    opt_ref, opt_fst = make_optimizer(ref, cfg), make_optimizer(fst, cfg)
+    ctl_ref, ctl_fst = _controller(ref, cfg, opt_ref), _controller(fst, cfg, opt_fst)
+    step_ref = make_step_fn(ref, opt_ref, cfg, torch.device("cpu"))
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    step_fst = fast.make_fast_step(fst, opt_fst, cfg, compile=True, amp_dtype=torch.float32,
+                                   channels_last=False, fused=False, backend=counter)
+    return cfg, ref, fst, opt_ref, opt_fst, ctl_ref, ctl_fst, step_ref, step_fst, counter
+
+
 def _batches(n_steps, batch, shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g))
@@ -96,14 +110,8 @@ def test_compiled_step_equals_reference_and_never_recompiles():
     updates and a kl_coef change; losses, mu, rho and masks agree, and neither the mask updates
     nor the new kl_coef trigger a recompilation."""
     torch._dynamo.reset()
-    cfg, ref = _setup("mlp", 1 / 32)
-    fst = copy.deepcopy(ref)
-    opt_ref, opt_fst = make_optimizer(ref, cfg), make_optimizer(fst, cfg)
-    ctl_ref, ctl_fst = _controller(ref, cfg, opt_ref), _controller(fst, cfg, opt_fst)
-    step_ref = make_step_fn(ref, opt_ref, cfg, torch.device("cpu"))
-    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
-    step_fst = fast.make_fast_step(fst, opt_fst, cfg, compile=True, amp_dtype=torch.float32,
-                                   channels_last=False, fused=False, backend=counter)
+    (cfg, ref, fst, opt_ref, opt_fst, ctl_ref, ctl_fst, step_ref, step_fst,
+     counter) = _reference_and_compiled("mlp", 1 / 32)
     assert step_fst.options.compile and step_fst.options.amp_dtype is None
     batches = _batches(8, 16, (3, 32, 32))
     kl_coefs = [1e-4] * 4 + [2e-4] * 4
@@ -292,14 +300,8 @@ def test_compiled_step_equals_reference_on_a_conv_net():
     entries of one tensor at the second update); the MLP test above covers two updates.
     Losses agree to 1e-5 at every step; parameters to 1e-3 (see the BatchNorm note below)."""
     torch._dynamo.reset()
-    cfg, ref = _setup("small_cnn", 0.25)
-    fst = copy.deepcopy(ref)
-    opt_ref, opt_fst = make_optimizer(ref, cfg), make_optimizer(fst, cfg)
-    ctl_ref, ctl_fst = _controller(ref, cfg, opt_ref), _controller(fst, cfg, opt_fst)
-    step_ref = make_step_fn(ref, opt_ref, cfg, torch.device("cpu"))
-    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
-    step_fst = fast.make_fast_step(fst, opt_fst, cfg, compile=True, amp_dtype=torch.float32,
-                                   channels_last=False, fused=False, backend=counter)
+    (cfg, ref, fst, opt_ref, opt_fst, ctl_ref, ctl_fst, step_ref, step_fst,
+     counter) = _reference_and_compiled("small_cnn", 0.25)
     masks_init = [l.mask.clone() for _, l in bayes_layers(ref)]
     batches = _batches(6, 16, (3, 32, 32), seed=3)
     kl_coefs = [1e-4] * 4 + [2e-4] * 2
