@@ -70,14 +70,16 @@ def device_info(device=None) -> dict:
     return info
 
 
-def provenance(device=None, seed=None, wall_time_s=None, repo_dir=None, fast=None) -> dict:
+def provenance(device=None, seed=None, wall_time_s=None, repo_dir=None, fast=None,
+               cpu_time_s=None) -> dict:
     """Provenance record of a run (results schema 2, ``record["provenance"]``).
 
     Keys: ``commit`` (full sha or "unknown") and ``dirty`` (tracked files differ from it; None
     when unknown), ``device`` ("cpu", "cuda:0"...), ``device_name`` (GPU or CPU model),
     ``torch_threads``, ``cpu_count``, ``cpu``, ``cuda_version`` (CUDA only), ``torch`` (version),
     ``python_version``, ``platform``, ``timestamp_utc``, ``seed``, ``wall_time_s`` (the caller's
-    measured run time, as given) and ``fast`` (whether the fast path ran; None if not said).
+    measured run time, as given), ``cpu_time_s`` (the process CPU time of the run, all threads, as
+    given: the figure to plan a grid with on a shared machine) and ``fast`` (whether the fast path ran; None if not said).
 
     Never raises for a missing git or repository (the commit is then "unknown"). Records no host
     name: results are committed to a public repository, and the device name says the hardware.
@@ -91,5 +93,6 @@ def provenance(device=None, seed=None, wall_time_s=None, repo_dir=None, fast=Non
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
         "wall_time_s": None if wall_time_s is None else float(wall_time_s),
+        "cpu_time_s": None if cpu_time_s is None else float(cpu_time_s),
         "fast": None if fast is None else bool(fast),
     }

@@ -183,6 +183,7 @@ SOURCES = {
     ("provenance", "device_name"): "device_name",
     ("provenance", "torch"): "torch",
     ("provenance", "wall_time_s"): "wall_time_s",
+    ("provenance", "cpu_time_s"): "cpu_time_s",
     ("provenance", "seed"): "provenance_seed",
 }
 #: record fields a table does not show, and why (every other leaf of these sections is a column)
@@ -205,7 +206,8 @@ NOT_SHOWN = {
 
 METRICS = ("accuracy", "nll", "brier", "ece", "ece_release")
 NUMERIC = METRICS + ("accuracy_pct", "active_weights", "measured_sparsity_pct",
-                     "training_flops", "dense_training_flops", "flops_relative", "wall_time_s")
+                     "training_flops", "dense_training_flops", "flops_relative", "wall_time_s",
+                     "cpu_minutes")
 #: config fields that do not change what a run computes (left out of the seed-group key)
 _NOT_IN_KEY = ("seed", "progress", "run_dir", "results_path", "data_dir", "device", "fast",
                "download")
@@ -243,6 +245,8 @@ def flatten(record: dict) -> dict:
                                "regrow_sigma_const", "sigma_init_mean", "kl_warmup", "seed",
                                "epochs", "batch_size")},
         "accuracy_pct": None if row.get("accuracy") is None else 100.0 * row["accuracy"],
+        # process CPU time of the run, all threads (records made before it was stored: None)
+        "cpu_minutes": None if row.get("cpu_time_s") is None else row["cpu_time_s"] / 60.0,
         "measured_sparsity_pct": (None if row.get("measured_density") is None
                                   else 100.0 * (1.0 - row["measured_density"])),
         "selection": record.get("selection"),

@@ -174,7 +174,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, on_update=None, log=print) -
     step_fn = stepper if baseline else make_step_fn(model, optimizer, cfg, device,
                                                     wrap=dctx.wrap if dctx.active else None)
 
-    state = {"epoch": 0, "step": 0, "history": [], "wall_time": 0.0, "update_log": []}
+    state = {"epoch": 0, "step": 0, "history": [], "wall_time": 0.0, "cpu_time": 0.0,
+             "update_log": []}
     config_key = _config_key(cfg, getattr(data, "fingerprint", None))
     if path and resume and os.path.exists(path):
         payload = ckpt.load_checkpoint(path, map_location=device)
@@ -212,7 +213,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, on_update=None, log=print) -
     last_test = None  # the full evaluation of the last epoch, reused for the results
     try:
         while state["epoch"] < cfg.epochs:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             epoch = state["epoch"]  # 0-based; the recipe's warm-up counts from 1
             if baseline:   # groups with base_lr follow the cosine; MCMC sets its own in loss()
                 stepper.epoch = epoch + 1
@@ -270,7 +271,9 @@ def train(cfg: TrainConfig, *, resume: bool = True, on_update=None, log=print) -
                 entry["test"] = _scalar_metrics(test)
             state["epoch"] = epoch + 1
             state["history"].append(entry)
+            entry["cpu_time_s"] = time.process_time() - c0   # this process, all threads
             state["wall_time"] += time.perf_counter() - t0
+            state["cpu_time"] = state.get("cpu_time", 0.0) + entry["cpu_time_s"]
             say(_format_entry(entry, cfg.epochs))
             save()
             if path and dctx.is_main:
@@ -594,7 +597,7 @@ def _finish(cfg, model, controller, data, state, device, final: dict, method=Non
               "n_val": data.val.num_samples if data.val is not None else 0},
         data_fingerprint=fingerprint,
         provenance=provenance(device=device, seed=cfg.seed, wall_time_s=state["wall_time"],
-                              fast=_use_fast(cfg, device)),
+                              cpu_time_s=state.get("cpu_time"), fast=_use_fast(cfg, device)),
         **sections,
     )
     if cfg.results_path:
