@@ -79,7 +79,8 @@ def provenance(device=None, seed=None, wall_time_s=None, repo_dir=None, fast=Non
     ``torch_threads``, ``cpu_count``, ``cpu``, ``cuda_version`` (CUDA only), ``torch`` (version),
     ``python_version``, ``platform``, ``timestamp_utc``, ``seed``, ``wall_time_s`` (the caller's
     measured run time, as given), ``cpu_time_s`` (the process CPU time of the run, all threads, as
-    given: the figure to plan a grid with on a shared machine) and ``fast`` (whether the fast path ran; None if not said).
+    given: the figure to plan a grid with on a shared machine) and ``fast`` (whether the fast
+    path ran; None if not said).
 
     Never raises for a missing git or repository (the commit is then "unknown"). Records no host
     name: results are committed to a public repository, and the device name says the hardware.

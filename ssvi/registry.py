@@ -42,9 +42,9 @@ SHIFT_CPU = ("gaussian_noise", "shot_noise", "impulse_noise", "gaussian_blur", "
 #: the four corruptions of the laptop preset's shift appendix: one of each family (noise, blur,
 #: weather-like contrast, digital)
 SHIFT_LAPTOP = ("gaussian_noise", "gaussian_blur", "contrast", "jpeg_compression")
-#: the laptop preset's smaller setting for the ablations: a 10,000-image training subset and
-#: 4 epochs (the test set stays the full 10,000 images with 5 draws)
-LAPTOP_ABLATION = {"train_subset": 10000, "epochs": 4}
+#: the laptop preset's smaller setting for the ablations: a 10,000-image training subset, the
+#: preset's epochs (the test set stays the full 10,000 images with 5 draws)
+LAPTOP_ABLATION = {"train_subset": 10000, "epochs": E.LAPTOP_EPOCHS}
 #: Table 2: the sparsity the paper reports SSVI at, per dataset
 TABLE2_SPARSITY = {"cifar10": 0.95, "cifar100": 0.9, "synthetic": 0.95}
 #: Table 2's sparse-BNN baselines (ssvi.baselines, issue 11), those TrainConfig knows: a method
@@ -501,8 +501,6 @@ _BASELINES = Param("baselines", TABLE2_BASELINES,
                    _maybe_empty(choices(TABLE2_BASELINES or ("vd",))),
                    "Table 2's sparse-BNN baselines to run (ssvi.baselines); [] for none")
 
-
-
 ARTEFACTS: dict[str, Artefact] = {a.name: a for a in (
     Artefact("table1", "Table 1: dense BNN against SSVI", "table1", COMMON + SPARSITY,
              _plan_table1),
@@ -632,6 +630,16 @@ def _plan(name: str, p: Params) -> list[Run]:
             seen.add((run.folder, run.run_id))
             out.append(run)
     return out
+
+
+def grid_configs(preset: str) -> list[TrainConfig]:
+    """The distinct configurations of every artefact's runs at ``preset``, without reading any
+    data (a run id needs the data fingerprint; this does not): for counting and costing a grid."""
+    out: dict[str, TrainConfig] = {}
+    for name in names():
+        for cfg in ARTEFACTS[name].plan(resolve(name, preset=preset)):
+            out.setdefault(repr(sorted(cfg.result_dict().items())), cfg)
+    return list(out.values())
 
 
 def grid(preset: str, only: Sequence[str] | None = None, **given) -> list[Run]:

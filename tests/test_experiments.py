@@ -444,3 +444,33 @@ def test_commit_result_commits_only_that_file(tmp_path, monkeypatch):
     assert git("log", "--format=%s").split("\n")[0] == "results: table1/r"
     assert git("show", "--name-only", "--format=").split() == ["results/table1/r.json"]
     assert git("status", "--porcelain").split() == ["A", "other.txt"]   # still only staged
+
+
+def test_grid_configs_lists_every_planned_run_once_without_reading_data(monkeypatch):
+    from ssvi import loader
+
+    def no_data(*a, **k):
+        raise AssertionError("grid_configs read the data")
+    monkeypatch.setattr(loader, "data_fingerprint", no_data)
+    fp = {"dataset": "cifar10", "variant": "test", "sha256": "0" * 64}
+    for preset in ("tiny", "laptop"):
+        cfgs = registry.grid_configs(preset)
+        ids = [E.run_id(c, fp) for c in cfgs]
+        assert len(set(ids)) == len(ids)
+        for name in registry.names():
+            planned = registry.ARTEFACTS[name].plan(registry.resolve(name, preset=preset))
+            assert {E.run_id(c, fp) for c in planned} <= set(ids), (preset, name)
+    laptop = registry.grid_configs("laptop")
+    ablation = [c for c in laptop if c.train_subset is not None]
+    assert ablation and {c.train_subset for c in ablation} == {10000}
+    assert {c.epochs for c in laptop} == {E.PRESETS["laptop"]["epochs"]}
+
+
+def test_the_laptop_preset_gives_its_baseline_hyper_parameters_to_that_baseline_only():
+    hp = registry.preset_defaults("laptop", "table2")["baseline_hp"]
+    runs = registry.ARTEFACTS["table2"].plan(registry.resolve("table2", preset="laptop"))
+    for cfg in runs:
+        own = {k: v for k, v in hp.items() if k.startswith(cfg.method + "_")}
+        assert {k: v for k, v in cfg.extra.items() if k != "preset"} == own, cfg.method
+    assert any(k.startswith("aeb_") for k in hp)
+    assert "baseline_hp" not in registry.preset_defaults("paper", "table2")
