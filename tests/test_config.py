@@ -147,7 +147,7 @@ def test_preset_values_a_method_ignores_are_dropped_silently_but_overrides_warn(
 def test_unknown_field_and_preset_are_config_errors():
     with pytest.raises(ConfigError, match="sparsityy"):
         preset_config("tiny", sparsityy=0.5)
-    with pytest.raises(ConfigError, match="tiny, cpu, paper"):
+    with pytest.raises(ConfigError, match="tiny, cpu, laptop, paper"):
         preset_config("huge")
     with pytest.raises(ConfigError, match="lrr"):
         TrainConfig.from_dict({**TrainConfig().to_dict(), "lrr": 1.0})
