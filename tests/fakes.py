@@ -3,6 +3,7 @@
 ``write_fake_cifar`` writes Python-2 pickles like the official files (``bytes`` as Python-2
 ``str`` opcodes), so readers using ``encoding="latin1"`` (torchvision, ssvi) and
 ``encoding="bytes"`` (the CIFAR web page's snippet) both see the usual keys.
+``poison_cross_entropy`` makes the trainer's loss NaN from a chosen call on (divergence tests).
 """
 from __future__ import annotations
 
@@ -74,3 +75,17 @@ def write_fake_cifar(root, kind: str = "cifar10", n_train: int = 100, n_test: in
                 b"coarse_label_names": [b"fake_coarse_%02d" % c for c in range(20)]}
     dump_py2(meta, folder / lay.meta_file)
     return folder
+
+
+def poison_cross_entropy(monkeypatch, after: int) -> None:
+    """From its ``after + 1``-th call on, ``ssvi.trainer``'s cross-entropy returns NaN."""
+    from ssvi import trainer
+    real_ce = trainer.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        out = real_ce(*a, **k)
+        return out * float("nan") if calls["n"] > after else out
+
+    monkeypatch.setattr(trainer.F, "cross_entropy", poisoned)

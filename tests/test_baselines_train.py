@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from fakes import poison_cross_entropy
 from ssvi import results, trainer
 from ssvi.__main__ import main, parse_hp
 from ssvi.config import ConfigError, IgnoredSettingWarning, TrainConfig
@@ -195,15 +196,7 @@ def test_settings_a_baseline_reads_are_kept_and_other_methods_hparams_dropped():
 
 
 def test_divergence_of_a_baseline_is_one_line_naming_its_own_learning_rate(tmp_path, monkeypatch):
-    real_ce = torch.nn.functional.cross_entropy
-    calls = {"n": 0}
-
-    def poisoned(*a, **k):
-        calls["n"] += 1
-        out = real_ce(*a, **k)
-        return out * float("nan") if calls["n"] > 5 else out    # epoch 2 of 4-step epochs
-
-    monkeypatch.setattr(trainer.F, "cross_entropy", poisoned)
+    poison_cross_entropy(monkeypatch, after=5)   # epoch 2 of 4-step epochs
     c = cfg("vd", run_dir=str(tmp_path / "run"))
     with pytest.raises(DivergenceError, match="diverged in epoch 2/2") as info:
         trainer.train(c, log=None)

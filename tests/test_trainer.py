@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ssvi
+from fakes import poison_cross_entropy
 from ssvi import trainer
 from ssvi.checkpoint import CheckpointError
 from ssvi.config import TrainConfig
@@ -73,15 +74,7 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real_ce = torch.nn.functional.cross_entropy
-    calls = {"n": 0}
-
-    def poisoned(*a, **k):
-        calls["n"] += 1
-        out = real_ce(*a, **k)
-        return out * float("nan") if calls["n"] > 12 else out  # epoch 2 of 8-step epochs
-
-    monkeypatch.setattr(trainer.F, "cross_entropy", poisoned)
+    poison_cross_entropy(monkeypatch, after=12)   # epoch 2 of 8-step epochs
     c = cfg(run_dir=str(tmp_path))
     with pytest.raises(trainer.NonFiniteLossError, match="diverged in epoch 2/3.*loss is nan") as info:
         trainer.train(c)
