@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Build the book into _build/html, executing every notebook once, with warnings as errors.
 #
-#   bash scripts/build_book.sh            # SSVI_PRESET=cpu (the default book build)
-#   SSVI_PRESET=tiny bash scripts/build_book.sh
+#   bash scripts/build_book.sh            # SSVI_PRESET=laptop: from the committed results
+#   SSVI_PRESET=cpu bash scripts/build_book.sh    # a quick look that trains everything (minutes)
+#   SSVI_PRESET=tiny bash scripts/build_book.sh   # the CI build
 #
-# The notebooks read SSVI_PRESET (tiny | cpu | paper). scripts/setup.sh runs first unless
+# The notebooks read SSVI_PRESET (tiny | cpu | laptop | paper). At laptop and paper the runs
+# are read from results/ and only those missing or stale are trained. scripts/setup.sh runs first unless
 # SSVI_SKIP_SETUP=1. Open _build/html/index.html in a browser afterwards.
 set -euo pipefail
 
@@ -13,7 +15,7 @@ cd "$ROOT"
 if [ "${SSVI_SKIP_SETUP:-0}" != "1" ]; then
     bash scripts/setup.sh
 fi
-export SSVI_PRESET="${SSVI_PRESET:-cpu}"
+export SSVI_PRESET="${SSVI_PRESET:-laptop}"
 # Notebooks execute with notebooks/ as working directory: pass the data folder as an absolute path.
 export SSVI_DATA="$(realpath -m "${SSVI_DATA:-data}")"
 export PATH="$ROOT/.venv/bin:$PATH"

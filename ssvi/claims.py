@@ -145,9 +145,10 @@ def scale(records: Sequence[dict]) -> str:
 
 
 def per_seed(records: Sequence[dict], name: str = "accuracy", factor: float = 1.0
-             ) -> tuple[list[float], int, int]:
-    """(values, n_failed, n_duplicates): one value per seed (first record of a seed kept)."""
-    seen, values, n_failed, dup = set(), [], 0, 0
+             ) -> tuple[S.PerSeed, int, int]:
+    """(values, n_failed, n_duplicates): one value per seed (first record of a seed kept); the
+    values remember their seeds (:class:`ssvi.stats.PerSeed`)."""
+    seen, values, n_failed, dup = [], [], 0, 0
     for r in records:
         seed = config(r).get("seed")
         if seed in seen:
@@ -156,10 +157,10 @@ def per_seed(records: Sequence[dict], name: str = "accuracy", factor: float = 1.
         v = metric(r, name)
         if v is None:
             continue
-        seen.add(seed)
+        seen.append(seed)
         n_failed += name == "accuracy" and failed(r)
         values.append(v * factor)
-    return values, n_failed, dup
+    return S.PerSeed(values, seen), n_failed, dup
 
 
 def _notes(n_failed: int, dup: int) -> str:
@@ -192,6 +193,10 @@ def _estimate_part(label: str, groups: Sequence[Sequence[float]], weights: Seque
     e = S.contrast(groups, weights)
     v = S.verdict(e.low, e.high, direction, threshold, n=e.n_min)
     ci = S.fmt_interval(e.low, e.high, digits=digits) if e.testable else "no interval"
+    paired = S.paired_contrast(groups, weights)
+    if paired is not None and e.testable:
+        ci += (f"; paired by seed: "
+               f"{S.fmt_interval(paired.low, paired.high, digits=digits)}, not in the verdict")
     text = f"{label}: {e.estimate:+.{digits}f} {unit} ({ci}; {_seeds_text(groups)})"
     if v == S.NOT_TESTABLE:
         text += f" (needs ≥ {S.MIN_SEEDS} seeds per group; {min(len(g) for g in groups)} stored)"

@@ -6,7 +6,8 @@ other numbers raises :class:`ssvi.stats.FalseSentenceError` instead of printing 
 sentence:
 
 * :func:`versus`: "A is x pp (95% CI ...) above/below B in accuracy ..." from the per-seed values
-  of two groups of runs (:func:`ssvi.stats.compare`, Welch's interval);
+  of two groups of runs (:func:`ssvi.stats.compare`, Welch's interval, and the interval paired
+  by seed when both groups hold the same seeds);
 * :func:`ratio`: "A uses r× fewer/more training FLOPs than B";
 * :func:`claim`: one claim of the scorecard (:mod:`ssvi.claims`): what the paper says, how it is
   tested, the evidence here and the verdict.
@@ -33,14 +34,15 @@ def values(records: Sequence[dict], metric: str = "accuracy", **want) -> list[fl
     """One value per seed of the records whose config matches ``want``
     (:func:`ssvi.claims.select`): ``metrics[metric]``, else ``flops[metric]``,
     ``parameters[metric]`` or ``provenance[metric]`` (``wall_time_s``); a diverged run's accuracy
-    counts at chance."""
-    out, seen = [], set()
+    counts at chance. The list remembers its seeds (:class:`ssvi.stats.PerSeed`), so that
+    :func:`versus` can add the comparison paired by seed."""
+    out, seeds = [], []
     for r in CL.select(records, **want):
         v, seed = _value(r, metric), CL.config(r).get("seed")
-        if v is not None and seed not in seen:
-            seen.add(seed)
+        if v is not None and seed not in seeds:
+            seeds.append(seed)
             out.append(v)
-    return out
+    return S.PerSeed(out, seeds)
 
 
 def mean(xs: Sequence[float]) -> float:

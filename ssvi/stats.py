@@ -5,6 +5,10 @@ Every number an experiment page states about a comparison comes from here:
 * :func:`summarize`: mean, standard deviation and Student-t interval of a mean over seeds;
 * :func:`welch`: the difference of two means with Welch's interval (unequal variances);
   :func:`contrast` generalises it to any linear combination of group means (Satterthwaite df);
+* :func:`paired_contrast`: the same combination computed seed by seed, when every group holds
+  the same seeds (:class:`PerSeed`): the runs of one seed share their initialisation and batch
+  order, so seed effects cancel in the per-seed differences. The pages show it next to Welch's
+  interval; the verdicts use Welch's, the rule fixed before the laptop-scale runs were made;
 * :func:`binomial_se`: the standard error of one accuracy measured on n test images;
 * :func:`verdict`: evidence -> "supported" / "not supported" / "contradicted" /
   "not testable here", by the rules written in its docstring;
@@ -238,6 +242,41 @@ def contrast(groups: Sequence[Sequence[float]], weights: Sequence[float],
     return Estimate(est, se, df, est - half, est + half, n_min, level)
 
 
+class PerSeed(list):
+    """Values, one per seed, that remember their seeds (``.seeds``, in the same order), so that
+    a comparison of groups holding the same seeds can also be made seed by seed
+    (:func:`paired_contrast`). It is a list of the values for everything else."""
+
+    def __init__(self, values: Sequence[float] = (), seeds: Sequence = ()):
+        super().__init__(values)
+        self.seeds = tuple(seeds)
+        if len(self.seeds) != len(self) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"PerSeed needs one distinct seed per value, got {len(self)} "
+                             f"values and seeds {self.seeds}")
+
+
+def paired_contrast(groups: Sequence[Sequence[float]], weights: Sequence[float],
+                    level: float = LEVEL) -> Estimate | None:
+    """sum_g w_g * mean_g computed seed by seed: y_s = sum_g w_g x_{g,s}, then the Student-t
+    interval of the mean of the y_s (df = n - 1; scipy.stats.ttest_rel for two groups). Only
+    when every group is a :class:`PerSeed` holding the same set of seeds (at least two); None
+    otherwise. Valid whatever the correlation between groups, since seeds are independent."""
+    if not groups or not all(isinstance(g, PerSeed) for g in groups):
+        return None
+    seeds = set(groups[0].seeds)
+    if len(seeds) < 2 or any(set(g.seeds) != seeds for g in groups):
+        return None
+    if len(groups) != len(weights):
+        raise ValueError(f"paired_contrast needs one weight per group, got {len(groups)} groups "
+                         f"and {len(weights)} weights")
+    by_seed = [dict(zip(g.seeds, _values(g, f"group {i}"))) for i, g in enumerate(groups)]
+    ys = [math.fsum(float(w) * g[s] for w, g in zip(weights, by_seed)) for s in sorted(seeds)]
+    y = summarize(ys, level)
+    if y.sd == 0.0:
+        return Estimate(y.mean, 0.0, math.inf, y.mean, y.mean, y.n, level)
+    return Estimate(y.mean, y.se, float(y.n - 1), y.low, y.high, y.n, level)
+
+
 def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Estimate:
     """mean(a) - mean(b) with Welch's unequal-variance interval (the t test of
     scipy.stats.ttest_ind(a, b, equal_var=False))."""
@@ -345,6 +384,18 @@ def fmt_interval(low: float, high: float, scale: float = 1.0, digits: int = 1,
     return f"{level:.0%} CI {low * scale:.{digits}f} to {high * scale:.{digits}f}"
 
 
+def paired_text(p: Estimate | None, scale: float = 100.0, digits: int = 1,
+                level: float = LEVEL, flip: bool = False) -> str:
+    """'; paired by seed (the same 3 seeds): 95% CI lo to hi, which excludes 0', or '' without
+    a paired estimate; ``flip`` states the interval of -Q (for a sentence that says "below")."""
+    if p is None:
+        return ""
+    lo, hi = (-p.high, -p.low) if flip else (p.low, p.high)
+    where = "excludes" if (lo > 0 or hi < 0) else "includes"
+    return (f"; paired by seed (the same {p.n_min} seeds): "
+            f"{fmt_interval(lo, hi, scale, digits, level)}, which {where} 0")
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Result of :func:`compare`: the sentence, the difference a - b and the verdict."""
@@ -353,6 +404,7 @@ class Comparison:
     verdict: str
     a: Summary
     b: Summary
+    paired: Estimate | None = None
 
     def __str__(self) -> str:
         return self.sentence
@@ -365,7 +417,9 @@ def compare(name_a: str, a_values: Sequence[float], name_b: str, b_values: Seque
     """Compare two groups of per-seed values of ``metric`` and say so in one computed sentence.
 
     The difference is a - b (Welch, :func:`welch`), shown times ``scale`` in ``units`` ("pp" for
-    accuracies stored as fractions). The sentence's direction word ("above"/"below") is read
+    accuracies stored as fractions). When both groups are :class:`PerSeed` with the same seeds,
+    the sentence adds the interval paired by seed (:func:`paired_contrast`); the verdict and the
+    "cannot tell them apart" wording stay Welch's. The sentence's direction word ("above"/"below") is read
     from the sign of the difference, and it says whether the interval excludes 0. ``expect``
     ("above", "below" or "within", with ``threshold`` in the same display units) is the
     direction the page's prose claims: it sets the verdict (:func:`verdict`) and, when the
@@ -377,14 +431,18 @@ def compare(name_a: str, a_values: Sequence[float], name_b: str, b_values: Seque
     word = "above" if est > 0 else "below" if est < 0 else "equal to"
     # the interval of the stated amount: of a - b when "above", of b - a when "below"
     lo, hi = (d.low, d.high) if est >= 0 else (-d.high, -d.low)
+    paired = paired_contrast([a_values, b_values], [1.0, -1.0], level)
+    unpaired = " unpaired" if paired is not None else ""
     if d.testable:
         ci = f" ({fmt_interval(lo, hi, scale, digits, level)})"
         if d.low > 0 or d.high < 0:
             tail = "; the interval excludes 0"
         else:
-            tail = f"; the interval includes 0, so {a.n} and {b.n} seeds cannot tell them apart"
+            tail = (f"; the interval includes 0, so {a.n} and {b.n} seeds cannot tell them "
+                    f"apart{unpaired}")
     else:
         ci, tail = "", f" (no interval: {a.n} and {b.n} seeds)"
+    tail += paired_text(paired, scale, digits, level, flip=est < 0)
     if est == 0:
         text = f"{name_a} is equal to {name_b} in {metric}{ci}{tail}."
     else:
@@ -404,4 +462,4 @@ def compare(name_a: str, a_values: Sequence[float], name_b: str, b_values: Seque
         elif expect == "within":
             say(f"{name_a} is within {threshold:g} {units} of {name_b} in {metric} "
                 f"(estimate {est:.{digits}f} {units})", abs(est) < threshold)
-    return Comparison(sentence.text, d, v, a, b)
+    return Comparison(sentence.text, d, v, a, b, paired)

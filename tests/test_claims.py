@@ -64,6 +64,21 @@ def test_compression_supported_contradicted_and_combined():
     assert ev.verdict == S.CONTRADICTED and "95% sparse" in ev.text
 
 
+def test_a_shared_seed_effect_shows_in_the_paired_interval_not_in_the_verdict():
+    # seed 1 is good for both methods and seed 2 bad: Welch cannot decide the 1.5 pp drop, the
+    # paired interval (same seeds) excludes 0; the verdict stays Welch's "not supported"
+    dense = runs("dense_vi", [0.70, 0.76, 0.64])
+    ssvi = runs("ssvi", [0.685, 0.744, 0.626], density=0.1)
+    ev = card({"table1": dense + ssvi})["compression"]
+    assert ev.verdict == S.NOT_SUPPORTED
+    paired = S.paired_contrast([C.per_seed(dense, factor=100)[0], C.per_seed(ssvi, factor=100)[0]],
+                               [1, -1])
+    assert paired.low > 0 and f"paired by seed: {S.fmt_interval(paired.low, paired.high)}" in ev.text
+    # seeds that differ between the groups: no paired interval
+    other = [dict(r, config=dict(r["config"], seed=r["config"]["seed"] + 10)) for r in ssvi]
+    assert "paired" not in card({"table1": dense + other})["compression"].text
+
+
 def test_compression_inconclusive_and_too_few_seeds():
     noisy = runs("ssvi", [0.70, 0.62, 0.66], density=0.1)
     assert card({"table1": runs("dense_vi", DENSE) + noisy})["compression"].verdict == S.NOT_SUPPORTED

@@ -172,3 +172,45 @@ def test_compare_with_a_stated_direction_raises_when_the_numbers_disagree():
 def test_fmt_never_prints_small_numbers_as_zero():
     assert S.fmt(1e-6) == "1e-06" and S.fmt(0.000123) == "0.000123" and S.fmt(12.345) == "12.3"
     assert S.fmt_interval(math.nan, 1.0).startswith("no interval")
+
+
+def test_paired_contrast_matches_scipy_ttest_rel_and_follows_seeds():
+    rng = np.random.default_rng(3)
+    seed_effect = rng.normal(0, 0.05, 4)          # shared by both groups, as a common seed is
+    a = 0.60 + seed_effect + rng.normal(0, 0.005, 4)
+    b = 0.58 + seed_effect + rng.normal(0, 0.005, 4)
+    p = S.paired_contrast([S.PerSeed(a, [0, 1, 2, 3]), S.PerSeed(b, [0, 1, 2, 3])], [1, -1])
+    ref = scipy_stats.ttest_rel(a, b)
+    lo, hi = ref.confidence_interval(0.95)
+    assert (p.low, p.high) == (pytest.approx(lo, rel=1e-9), pytest.approx(hi, rel=1e-9))
+    assert p.df == 3 and p.n_min == 4
+    # pairing removes the shared seed effect: far narrower than Welch's interval, which ignores it
+    w = S.welch(a, b)
+    assert p.high - p.low < (w.high - w.low) / 3
+    # the seeds, not the order, decide the pairs
+    shuffled = S.paired_contrast([S.PerSeed(a, [0, 1, 2, 3]), S.PerSeed(b[::-1], [3, 2, 1, 0])], [1, -1])
+    assert (shuffled.low, shuffled.high) == (pytest.approx(p.low), pytest.approx(p.high))
+    # a difference of differences, seed by seed
+    c, e = S.PerSeed([1.0, 2.0, 4.0], "xyz"), S.PerSeed([0.5, 1.0, 3.0], "xyz")
+    f, g = S.PerSeed([1.0, 1.0, 1.0], "xyz"), S.PerSeed([0.0, 0.2, 0.1], "xyz")
+    dd = S.paired_contrast([c, e, f, g], [1, -1, -1, 1])
+    ys = [(1.0 - 0.5) - (1.0 - 0.0), (2.0 - 1.0) - (1.0 - 0.2), (4.0 - 3.0) - (1.0 - 0.1)]
+    assert dd.estimate == pytest.approx(np.mean(ys))
+    assert (dd.low, dd.high) == tuple(pytest.approx(v) for v in S.t_interval(ys))
+
+
+def test_paired_contrast_only_for_the_same_seeds():
+    a = S.PerSeed([0.1, 0.2, 0.3], [0, 1, 2])
+    assert S.paired_contrast([a, S.PerSeed([0.1, 0.2, 0.3], [0, 1, 5])], [1, -1]) is None
+    assert S.paired_contrast([a, [0.1, 0.2, 0.3]], [1, -1]) is None        # seeds unknown
+    assert S.paired_contrast([S.PerSeed([0.1], [0]), S.PerSeed([0.2], [0])], [1, -1]) is None
+    with pytest.raises(ValueError, match="one distinct seed per value"):
+        S.PerSeed([0.1, 0.2], [0, 0])
+    # a plain list still compares (Welch only), a PerSeed pair adds the paired interval
+    plain = S.compare("A", [0.5, 0.7, 0.6], "B", [0.45, 0.66, 0.57])
+    assert "paired" not in plain.sentence and plain.paired is None
+    paired = S.compare("A", S.PerSeed([0.5, 0.7, 0.6], [0, 1, 2]), "B",
+                       S.PerSeed([0.45, 0.66, 0.57], [0, 1, 2]))
+    assert "cannot tell them apart unpaired" in paired.sentence
+    assert "paired by seed (the same 3 seeds)" in paired.sentence and "excludes 0" in paired.sentence
+    assert paired.verdict == plain.verdict == S.NOT_SUPPORTED          # the verdict stays Welch's
