@@ -593,5 +593,5 @@ def scorecard(records_by_experiment: dict, claims: Sequence[Claim] = CLAIMS):
         ev = evaluate(c, records_by_experiment)
         rows.append({"claim": c.statement, "verdict": ev.verdict, "evidence here": ev.text,
                      "tested as": c.tested_as, "paper": c.where})
-    # the verdict next to the claim, so that both show without scrolling
-    return pd.DataFrame(rows, columns=["claim", "verdict", "evidence here", "tested as", "paper"])
+    # the verdict first: the evidence is long, so the verdicts show without scrolling
+    return pd.DataFrame(rows, columns=["verdict", "claim", "evidence here", "tested as", "paper"])

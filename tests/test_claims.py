@@ -37,7 +37,7 @@ DENSE = [0.700, 0.705, 0.695]
 def test_empty_results_make_every_claim_not_testable():
     df = C.scorecard({})
     assert list(df["verdict"]) == [S.NOT_TESTABLE] * len(C.CLAIMS)
-    assert list(df.columns) == ["claim", "verdict", "evidence here", "tested as", "paper"]
+    assert list(df.columns) == ["verdict", "claim", "evidence here", "tested as", "paper"]
     assert set(C.experiments_needed()) >= {"table1", "table2", "figure2_sparsity",
                                             "figure2_robustness", "figure3_ablations",
                                             "appendix_shift"}
