@@ -419,8 +419,9 @@ def compare(name_a: str, a_values: Sequence[float], name_b: str, b_values: Seque
     The difference is a - b (Welch, :func:`welch`), shown times ``scale`` in ``units`` ("pp" for
     accuracies stored as fractions). When both groups are :class:`PerSeed` with the same seeds,
     the sentence adds the interval paired by seed (:func:`paired_contrast`); the verdict and the
-    "cannot tell them apart" wording stay Welch's. The sentence's direction word ("above"/"below") is read
-    from the sign of the difference, and it says whether the interval excludes 0. ``expect``
+    "cannot tell them apart" wording stay Welch's. The sentence's direction word
+    ("above"/"below") is read from the sign of the difference, and it says whether the interval
+    excludes 0. ``expect``
     ("above", "below" or "within", with ``threshold`` in the same display units) is the
     direction the page's prose claims: it sets the verdict (:func:`verdict`) and, when the
     estimate itself points the other way, raises :class:`FalseSentenceError`.
