@@ -6,8 +6,9 @@
 #   SSVI_PRESET=tiny bash scripts/build_book.sh   # the CI build
 #
 # The notebooks read SSVI_PRESET (tiny | cpu | laptop | paper). At laptop and paper the runs
-# are read from results/ and only those missing or stale are trained. scripts/setup.sh runs
-# first unless SSVI_SKIP_SETUP=1. Open _build/html/index.html in a browser afterwards.
+# are read from results/ and only the missing ones are trained (stale ones are shown marked;
+# `make grid GRID_ARGS=--stale` recomputes them). scripts/setup.sh runs first unless
+# SSVI_SKIP_SETUP=1. Open _build/html/index.html in a browser afterwards.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
